@@ -1,0 +1,50 @@
+# Every target creates or refreshes the virtualenv it needs (.venv), so each
+# works on a fresh clone. Python 3.11 is the only prerequisite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: cluster test check pytest soak bench bench-core lock clean
+
+# The product: a local cluster with embedded defaults.
+cluster: $(STAMP)
+	$(BIN)/quorumfs local
+
+# The whole test suite: lint, types, layer contracts, then every test.
+test: check pytest
+
+check: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+pytest: $(STAMP)
+	$(BIN)/pytest -n 2 -m "not soak"
+
+# Long randomized runs (20,000 simulator seeds and other soaks).
+soak: $(STAMP)
+	QUORUMFS_SIM_SEEDS=20000 $(BIN)/pytest -n 2 -m soak -p no:timeout
+
+bench: bench-core
+
+bench-core: $(STAMP)
+	$(BIN)/python bench/raft_core.py
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# Re-resolve the newest compatible versions into constraints.txt.
+lock:
+	rm -rf /tmp/quorumfs-lock && $(PYTHON) -m venv /tmp/quorumfs-lock
+	/tmp/quorumfs-lock/bin/pip install --quiet -e '.[dev]'
+	(echo '# Exact versions of every dependency (runtime and development), installed with'; \
+	 echo '# `pip install -c constraints.txt`. Refresh deliberately: `make lock`.'; \
+	 /tmp/quorumfs-lock/bin/pip freeze --exclude-editable) > constraints.txt
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

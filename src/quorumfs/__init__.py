@@ -1,0 +1,9 @@
+"""quorumfs: a distributed file system whose metadata masters are a Raft group.
+
+Layers, each importing only the ones below it (checked by import-linter):
+
+- ``quorumfs.raft``: the consensus core, a pure state machine (no I/O, no clock).
+- ``quorumfs.cli``: the command line.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The ``quorumfs`` command line: one module per subcommand, wired in ``main``."""
