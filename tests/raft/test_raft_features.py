@@ -456,3 +456,21 @@ def test_a_lost_snapshot_chunk_is_resent() -> None:
     c.heal()
     c.tick([1], times=4)
     assert c.snapshot_data[3] == b"0123456789abcdefghij"
+
+
+def test_an_abandoned_transfer_leaves_no_lease_for_the_rest_of_the_term() -> None:
+    # Regression (simulator seed 195): a TimeoutNow still in flight after the transfer
+    # was abandoned let the transferee win while the old leader trusted a renewed lease.
+    c = Cluster(3, read_only=ReadOnlyOption.LEASE)
+    c.elect(1)
+    c.tick([1])
+    assert c.nodes[1].raft.lease_remaining() > 0
+    c.isolate(3)
+    c.nodes[1].transfer_leadership(3)
+    c.tick([1, 2], times=ELECTION + 2)  # abandoned; heartbeats acknowledged again
+    assert c.leaders() == [1]
+    assert c.nodes[1].raft.lead_transferee == NONE
+    assert c.nodes[1].raft.lease_remaining() == 0
+    c.nodes[1].read_index(b"safe read")
+    c.stabilize()
+    assert [s.context for s in c.read_states[1]] == [b"safe read"]  # through ReadIndex

@@ -130,6 +130,8 @@ class Raft:
         self._heartbeat_round = 0
         self._round_sent_at: dict[int, int] = {}  # heartbeat round -> tick it was sent
         self._read_queue: list[_ReadRequest] = []
+        # Set once this term's leader started a leadership transfer; see _handle_transfer.
+        self._lease_revoked = False
         self._pending_read_msgs: list[Message] = []  # before the first commit of the term
         self.broadcast_pending = False
 
@@ -164,7 +166,7 @@ class Raft:
 
     def lease_remaining(self) -> int:
         """Ticks the leader lease still holds; 0 when this node holds none."""
-        if self.role is not Role.LEADER or self.lead_transferee != NONE:
+        if self.role is not Role.LEADER or self._lease_revoked:
             return 0
         if not self.config.check_quorum or not self.committed_in_current_term():
             return 0
@@ -207,6 +209,7 @@ class Raft:
         self._read_queue = []
         self._pending_read_msgs = []
         self._round_sent_at = {}
+        self._lease_revoked = False
         self.broadcast_pending = False
 
     def _new_progress(self, node: int, is_learner: bool, is_witness: bool) -> Progress:
@@ -782,6 +785,13 @@ class Raft:
             return  # already under way
         self.lead_transferee = transferee
         self.election_elapsed = 0  # the transfer is abandoned after one election timeout
+        # No more lease reads in this term, even if the transfer is abandoned. The
+        # TimeoutNow we send may arrive late: say the transfer times out here, a new
+        # heartbeat round is acknowledged by a quorum (renewing the lease), and only
+        # then the TimeoutNow reaches the transferee, whose forced election rightly
+        # ignores the promises voters made us. It wins while we still trust the lease.
+        # ReadIndex has no such hole: it confirms leadership after each read arrives.
+        self._lease_revoked = True
         if pr.match == self.log.last_index():
             self._send(Message(type=M.TIMEOUT_NOW, to=transferee))
         else:
