@@ -589,10 +589,12 @@ class Raft:
             raise DroppedError("proposal", "this node was removed from the group")
         if self.lead_transferee != NONE:
             raise DroppedError("proposal", "leadership is being transferred")
-        for offset, entry in enumerate(entries):
-            if entry.type is EntryType.CONF_CHANGE:
-                self._check_conf_change(ConfChange.decode(entry.data))
-                self.pending_conf_index = self.log.last_index() + offset + 1
+        changes = [i for i, e in enumerate(entries) if e.type is EntryType.CONF_CHANGE]
+        if len(changes) > 1:
+            raise DroppedError("membership change", "one membership change at a time")
+        if changes:
+            self._check_conf_change(ConfChange.decode(entries[changes[0]].data))
+            self.pending_conf_index = self.log.last_index() + changes[0] + 1
         self._append_entries(entries)
         self.broadcast_pending = True
 
@@ -882,8 +884,8 @@ class Raft:
             else:
                 if self.lead_transferee not in (NONE, *self.conf.voters):
                     self.lead_transferee = NONE
-                if self._maybe_commit():
-                    self.broadcast_pending = True
+                # A smaller quorum may commit more; new members need their first append.
+                self._maybe_commit()
                 self.broadcast_pending = True
         return conf
 
