@@ -1,0 +1,1 @@
+"""The metadata master: the replicated namespace and, later, placement, leases and HTTP."""

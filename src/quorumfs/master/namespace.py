@@ -1,0 +1,823 @@
+"""The namespace: the replicated state machine that the Raft log drives.
+
+Owns the directory tree, each file's attributes and chunk list, and the
+counters that hand out inode, chunk and volume ids. Leaves to others:
+proposing and committing commands (the runtime), choosing volume servers for
+chunks (placement), moving bytes (volume servers), and speaking HTTP (the API,
+which maps errors with ``results.HTTP_STATUS_BY_CODE``).
+
+House rules: what makes every master reach byte-identical state.
+
+- Pure. No clock, no randomness, no I/O, nothing from ``quorumfs.raft``. Times
+  and owners arrive inside commands; ids come from counters in this state,
+  taken when a command is applied, so every master takes the same ones.
+- All or nothing. Each ``_apply_*`` method first checks everything that can
+  fail, raising ``RefusedError``, and only then mutates, in steps that
+  cannot fail. A refused command leaves the state untouched, and the refusal
+  is itself a deterministic, replicated outcome.
+- Nothing observable depends on dict insertion order, which differs between a
+  master that restored a snapshot and one that replayed the log: listings are
+  sorted by name, snapshots are written in a canonical order, released chunks
+  are sorted by chunk id.
+- Everything stored can be encoded. Integers are range-checked to fit
+  msgpack's 64 bits and strings to be valid UTF-8 before they are stored, so a
+  snapshot can never fail to encode. (Field *types* are the decoder's job:
+  ``decode_command`` refuses a wrongly typed entry before it gets here.)
+
+Semantics worth knowing:
+
+- A directory's mtime is set by Mkdir and SetAttr only; adding or removing
+  entries does not touch it (Delete and Rename carry no time).
+- ``owner`` and ``mode`` are stored, not enforced: permission checks belong to
+  the API layer, which knows who is asking.
+- Chunks that a Delete, a Rename over a file or a CommitContent drops come back
+  as ``released_chunks``, for the volume servers to reclaim. Their ids must not
+  be committed again: the namespace forgets them, so it cannot refuse that.
+
+Memory (target: at most 1 KiB of master RSS per file at 10**6 files): one
+compact struct per inode, untracked by the garbage collector (no cycle is
+possible: a directory holds its children's ids, not the children); one inode
+table ``id -> inode``; directories as ``name -> id`` dicts; no parent pointers
+(paths are the only way in, and "is ``dst`` inside ``src``" is a prefix test on
+two validated paths); owner strings interned.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, NoReturn, assert_never, overload
+
+import msgspec
+
+from .commands import (
+    AllocateChunkIds,
+    AllocateVolumeId,
+    Chunk,
+    Command,
+    CommitContent,
+    Create,
+    Delete,
+    Mkdir,
+    Rename,
+    SetAttr,
+)
+from .paths import join_path, split_path
+from .results import (
+    AllocatedChunkIds,
+    AllocatedVolumeId,
+    ContentCommitted,
+    Deleted,
+    DirEntry,
+    ErrorCode,
+    FileChunks,
+    Kind,
+    NamespaceError,
+    RefusedError,
+    Renamed,
+    Result,
+    Stat,
+    Totals,
+)
+
+__all__ = [
+    "MAX_CHUNK_IDS_PER_ALLOCATION",
+    "MAX_MODE",
+    "MAX_OWNER_BYTES",
+    "MAX_REPLICATION",
+    "ROOT_INODE_ID",
+    "SNAPSHOT_FORMAT",
+    "Namespace",
+    "ResultValue",
+    "SnapshotError",
+]
+
+InodeId = int
+ChunkId = int
+
+ROOT_INODE_ID: Final = 1
+"""The root directory ``/``: it exists in every state and can be neither deleted nor renamed."""
+_ROOT_MODE: Final = 0o755
+_ROOT_OWNER: Final = "root"
+_ROOT_MTIME: Final = 0
+
+MAX_REPLICATION: Final = 16
+"""A sanity bound on a file's ``replication``, not a placement rule."""
+MAX_CHUNK_IDS_PER_ALLOCATION: Final = 4096
+"""At 64 MiB per chunk, 256 GiB of content per ``AllocateChunkIds`` entry."""
+MAX_OWNER_BYTES: Final = 255
+MAX_MODE: Final = 0o7777
+"""Modes are permission bits only (setuid, setgid, sticky, rwx); the kind is the inode's."""
+_MIN_INT64: Final = -(2**63)
+_MAX_INT64: Final = 2**63 - 1
+_MAX_CRC32: Final = 2**32 - 1
+
+SNAPSHOT_FORMAT: Final = 1
+"""Written first in every snapshot; bump it when the image's shape changes."""
+
+ResultValue = Stat | Deleted | Renamed | ContentCommitted | AllocatedChunkIds | AllocatedVolumeId
+"""What a successful command returns."""
+
+
+# Inodes are array-encoded, tagged 0/1 (one byte each in a snapshot), and untracked by
+# the garbage collector (gc=False saves 16 bytes each and is safe: they hold ids,
+# strings, ints and chunks, never a reference that could lead back to themselves).
+
+
+class _Directory(msgspec.Struct, tag=0, array_like=True, gc=False):
+    mode: int
+    mtime: int
+    owner: str
+    children: dict[str, InodeId]
+    """Name -> inode id. Invariant: every id is in the inode table, and every inode but
+    the root is the child of exactly one directory (the namespace is a tree)."""
+
+
+class _File(msgspec.Struct, tag=1, array_like=True, gc=False):
+    mode: int
+    mtime: int
+    owner: str
+    replication: int
+    """Invariant: 1 <= replication <= MAX_REPLICATION."""
+    size: int = 0
+    """Invariant: at least the end of the last chunk."""
+    version: int = 0
+    """Invariant: 0 when created, +1 per committed content change, never anything else."""
+    chunks: tuple[Chunk, ...] = ()
+    """Invariant: ordered by offset, not overlapping, chunk ids distinct; the chunk index
+    maps each of these chunk ids to this file's inode id and to no other."""
+
+
+_Inode = _Directory | _File
+
+
+class _Image(msgspec.Struct, array_like=True):
+    """A snapshot. Canonical: inodes in id order, each directory's children in name
+    order (the encoder sorts string-keyed maps), so equal states give equal bytes."""
+
+    format: int
+    next_inode_id: int
+    next_chunk_id: int
+    next_volume_id: int
+    inode_ids: list[InodeId]
+    """Ascending."""
+    inodes: list[_Inode]
+    """``inodes[i]`` is inode ``inode_ids[i]``."""
+
+
+_image_encoder = msgspec.msgpack.Encoder(order="deterministic")
+_image_decoder = msgspec.msgpack.Decoder(_Image)
+
+
+class SnapshotError(ValueError):
+    """The bytes given to ``Namespace.restore`` are not a consistent namespace snapshot."""
+
+
+class Namespace:
+    """The namespace of one master: apply committed commands, answer queries, snapshot.
+
+    Every method is deterministic. ``apply`` returns a ``Result`` holding the
+    command's value or the ``NamespaceError`` that refused it (and changed
+    nothing); queries return a ``Result`` the same way.
+    """
+
+    __slots__ = (
+        "_bytes",
+        "_chunk_inode",
+        "_directories",
+        "_files",
+        "_inodes",
+        "_next_chunk_id",
+        "_next_inode_id",
+        "_next_volume_id",
+        "_owners",
+    )
+
+    def __init__(self) -> None:
+        # The replicated state: exactly what a snapshot holds.
+        self._inodes: dict[InodeId, _Inode] = {
+            ROOT_INODE_ID: _Directory(_ROOT_MODE, _ROOT_MTIME, _ROOT_OWNER, {})
+        }
+        self._next_inode_id = ROOT_INODE_ID + 1
+        """Invariant: greater than every inode id ever handed out (ids are never reused)."""
+        self._next_chunk_id = 1
+        """Invariant: greater than every chunk id ever handed out."""
+        self._next_volume_id = 1
+        """Invariant: greater than every volume id ever handed out."""
+
+        # Derived from the replicated state, rebuilt by ``restore``.
+        self._chunk_inode: dict[ChunkId, InodeId] = {}
+        """Chunk id -> the file whose content holds it, for every chunk of every file."""
+        self._files = 0
+        self._directories = 1
+        self._bytes = 0
+        """Invariant: the sum of every file's size."""
+        self._owners: dict[str, str] = {_ROOT_OWNER: _ROOT_OWNER}
+        """Interning pool: all inodes with the same owner share one string."""
+
+    # ------------------------------------------------------------------ apply
+
+    @overload
+    def apply(self, command: Mkdir | Create | SetAttr) -> Result[Stat]: ...
+    @overload
+    def apply(self, command: Delete) -> Result[Deleted]: ...
+    @overload
+    def apply(self, command: Rename) -> Result[Renamed]: ...
+    @overload
+    def apply(self, command: CommitContent) -> Result[ContentCommitted]: ...
+    @overload
+    def apply(self, command: AllocateChunkIds) -> Result[AllocatedChunkIds]: ...
+    @overload
+    def apply(self, command: AllocateVolumeId) -> Result[AllocatedVolumeId]: ...
+    @overload
+    def apply(self, command: Command) -> Result[ResultValue]: ...
+
+    def apply(self, command: Command) -> Result[Any]:
+        """Apply one committed command: its value, or the error that left the state as it was."""
+        value: ResultValue
+        try:
+            # A match rather than a table: mypy checks that every command is handled.
+            match command:
+                case Mkdir():
+                    value = self._apply_mkdir(command)
+                case Create():
+                    value = self._apply_create(command)
+                case Delete():
+                    value = self._apply_delete(command)
+                case Rename():
+                    value = self._apply_rename(command)
+                case SetAttr():
+                    value = self._apply_setattr(command)
+                case CommitContent():
+                    value = self._apply_commit_content(command)
+                case AllocateChunkIds():
+                    value = self._apply_allocate_chunk_ids(command)
+                case AllocateVolumeId():
+                    value = self._apply_allocate_volume_id()
+                case _:
+                    assert_never(command)
+        except RefusedError as refused:
+            return Result(error=refused.error)
+        return Result(value=value)
+
+    def _apply_mkdir(self, command: Mkdir) -> Stat:
+        path = command.path
+        components = split_path(path)
+        doing = f"cannot create directory {path}"
+        _check_attributes(path, doing, mode=command.mode, mtime=command.mtime, owner=command.owner)
+
+        # Walk down while the path exists; stop at the first missing component.
+        parent_id = ROOT_INODE_ID
+        parent = self._inodes[ROOT_INODE_ID]
+        depth = 0
+        while depth < len(components):
+            if not isinstance(parent, _Directory):
+                not_a_directory = join_path(components[:depth])
+                _refuse(ErrorCode.ENOTDIR, path, doing, f"{not_a_directory} is a file")
+            child_id = parent.children.get(components[depth])
+            if child_id is None:
+                break
+            parent_id, parent = child_id, self._inodes[child_id]
+            depth += 1
+        if depth == len(components):
+            if command.parents and isinstance(parent, _Directory):
+                return _stat(parent_id, parent)  # mkdir -p of an existing directory
+            what = "directory" if isinstance(parent, _Directory) else "file"
+            _refuse(ErrorCode.EEXIST, path, doing, f"a {what} exists there")
+        if depth < len(components) - 1 and not command.parents:
+            missing = join_path(components[: depth + 1])
+            _refuse(
+                ErrorCode.ENOENT,
+                path,
+                doing,
+                f"{missing} does not exist (create it first, or set parents)",
+            )
+        assert isinstance(parent, _Directory)  # the walk refused a file above
+
+        owner = self._intern_owner(command.owner)
+        for name in components[depth:]:
+            directory = _Directory(command.mode, command.mtime, owner, {})
+            parent_id = self._take_inode_id()
+            self._inodes[parent_id] = directory
+            parent.children[name] = parent_id
+            parent = directory
+            self._directories += 1
+        return _stat(parent_id, parent)
+
+    def _apply_create(self, command: Create) -> Stat:
+        path = command.path
+        components = split_path(path)
+        doing = f"cannot create {path}"
+        _check_attributes(path, doing, mode=command.mode, mtime=command.mtime, owner=command.owner)
+        if not 1 <= command.replication <= MAX_REPLICATION:
+            _refuse(
+                ErrorCode.EINVAL,
+                path,
+                doing,
+                f"replication {command.replication} is not between 1 and {MAX_REPLICATION}",
+            )
+        if not components:
+            code = ErrorCode.EEXIST if command.exclusive else ErrorCode.EISDIR
+            _refuse(code, path, doing, "it is the root directory")
+        parent = self._parent_directory(components, path, doing)
+        name = components[-1]
+        existing_id = parent.children.get(name)
+        if existing_id is not None:
+            existing = self._inodes[existing_id]
+            if command.exclusive:
+                _refuse(ErrorCode.EEXIST, path, doing, "it already exists")
+            if isinstance(existing, _Directory):
+                _refuse(ErrorCode.EISDIR, path, doing, "it is a directory")
+            return _stat(existing_id, existing)  # O_CREAT without O_EXCL: left as it is
+
+        owner = self._intern_owner(command.owner)
+        file = _File(command.mode, command.mtime, owner, command.replication)
+        inode_id = self._take_inode_id()
+        self._inodes[inode_id] = file
+        parent.children[name] = inode_id
+        self._files += 1
+        return _stat(inode_id, file)
+
+    def _apply_delete(self, command: Delete) -> Deleted:
+        path = command.path
+        components = split_path(path)
+        doing = f"cannot delete {path}"
+        if not components:
+            _refuse(ErrorCode.EINVAL, path, doing, "the root directory always exists")
+        parent = self._parent_directory(components, path, doing)
+        name = components[-1]
+        inode_id = parent.children.get(name)
+        if inode_id is None:
+            _refuse(ErrorCode.ENOENT, path, doing, "it does not exist")
+        node = self._inodes[inode_id]
+        if isinstance(node, _Directory) and node.children and not command.recursive:
+            _refuse(
+                ErrorCode.ENOTEMPTY,
+                path,
+                doing,
+                f"the directory holds {_entries(len(node.children))} "
+                "(delete its entries first, or set recursive)",
+            )
+
+        del parent.children[name]
+        files, directories, released = self._drop_subtree(inode_id)
+        return Deleted(files=files, directories=directories, released_chunks=released)
+
+    def _apply_rename(self, command: Rename) -> Renamed:
+        src, dst = command.src, command.dst
+        src_components = split_path(src)
+        dst_components = split_path(dst)
+        doing = f"cannot rename {src} to {dst}"
+        if not src_components:
+            _refuse(ErrorCode.EINVAL, src, doing, "the root directory stays where it is")
+        src_parent = self._parent_directory(src_components, src, doing)
+        src_name = src_components[-1]
+        src_id = src_parent.children.get(src_name)
+        if src_id is None:
+            _refuse(ErrorCode.ENOENT, src, doing, f"{src} does not exist")
+        if src_components == dst_components:
+            return Renamed(replaced=False, released_chunks=())  # rename(2) to itself: no-op
+        if not dst_components:
+            _refuse(ErrorCode.EINVAL, dst, doing, "/ is the root directory")
+        moving = self._inodes[src_id]
+        if (
+            isinstance(moving, _Directory)
+            and dst_components[: len(src_components)] == src_components
+        ):
+            _refuse(ErrorCode.EINVAL, dst, doing, "a directory cannot move into its own subtree")
+        dst_parent = self._parent_directory(dst_components, dst, doing)
+        dst_name = dst_components[-1]
+        replaced_id = dst_parent.children.get(dst_name)
+        if replaced_id is not None:
+            replaced = self._inodes[replaced_id]
+            if isinstance(replaced, _Directory):
+                if isinstance(moving, _File):
+                    _refuse(ErrorCode.EISDIR, dst, doing, f"{src} is a file, {dst} a directory")
+                if replaced.children:  # also the case when dst is an ancestor of src
+                    _refuse(
+                        ErrorCode.ENOTEMPTY,
+                        dst,
+                        doing,
+                        f"{dst} is a directory holding {_entries(len(replaced.children))}",
+                    )
+            elif isinstance(moving, _Directory):
+                _refuse(ErrorCode.ENOTDIR, dst, doing, f"{src} is a directory, {dst} a file")
+
+        del src_parent.children[src_name]
+        released: tuple[Chunk, ...] = ()
+        if replaced_id is not None:
+            _, _, released = self._drop_subtree(replaced_id)
+        dst_parent.children[dst_name] = src_id
+        return Renamed(replaced=replaced_id is not None, released_chunks=released)
+
+    def _apply_setattr(self, command: SetAttr) -> Stat:
+        path = command.path
+        components = split_path(path)
+        doing = f"cannot set attributes of {path}"
+        _check_attributes(path, doing, mode=command.mode, mtime=command.mtime, owner=command.owner)
+        inode_id = self._lookup(components, path, doing)
+
+        node = self._inodes[inode_id]
+        if command.mode is not None:
+            node.mode = command.mode
+        if command.mtime is not None:
+            node.mtime = command.mtime
+        if command.owner is not None:
+            node.owner = self._intern_owner(command.owner)
+        return _stat(inode_id, node)
+
+    def _apply_commit_content(self, command: CommitContent) -> ContentCommitted:
+        path = command.path
+        components = split_path(path)
+        doing = f"cannot commit content to {path}"
+        _check_attributes(path, doing, mtime=command.mtime)
+        if not 0 <= command.size <= _MAX_INT64:
+            _refuse(ErrorCode.EINVAL, path, doing, f"size {command.size} is not 0 to 2**63-1")
+        chunks = tuple(command.chunks)
+        _check_chunk_layout(chunks, command.size, path, doing)
+        inode_id = self._lookup(components, path, doing)
+        file = self._inodes[inode_id]
+        if isinstance(file, _Directory):
+            _refuse(ErrorCode.EISDIR, path, doing, "it is a directory")
+        if command.expected_inode is not None and command.expected_inode != inode_id:
+            _refuse(
+                ErrorCode.ECONFLICT,
+                path,
+                doing,
+                f"it is inode {inode_id}, not the expected {command.expected_inode}: "
+                "the file was replaced (read it again)",
+            )
+        if command.expected_version is not None and command.expected_version != file.version:
+            _refuse(
+                ErrorCode.ECONFLICT,
+                path,
+                doing,
+                f"it is at version {file.version}, not the expected "
+                f"{command.expected_version} (read it again and retry)",
+            )
+        for chunk in chunks:
+            self._check_chunk_references(chunk, inode_id, path, doing)
+
+        kept_ids = {chunk.chunk_id for chunk in chunks}
+        released = tuple(
+            sorted(
+                (old for old in file.chunks if old.chunk_id not in kept_ids),
+                key=_chunk_id_of,
+            )
+        )
+        for old in released:
+            del self._chunk_inode[old.chunk_id]
+        for chunk in chunks:
+            self._chunk_inode[chunk.chunk_id] = inode_id
+        file.chunks = chunks
+        self._bytes += command.size - file.size
+        file.size = command.size
+        file.mtime = command.mtime
+        file.version += 1
+        return ContentCommitted(stat=_stat(inode_id, file), released_chunks=released)
+
+    def _apply_allocate_chunk_ids(self, command: AllocateChunkIds) -> AllocatedChunkIds:
+        if not 1 <= command.count <= MAX_CHUNK_IDS_PER_ALLOCATION:
+            _refuse(
+                ErrorCode.EINVAL,
+                "",
+                f"cannot allocate {command.count} chunk ids",
+                f"ask for 1 to {MAX_CHUNK_IDS_PER_ALLOCATION} at a time",
+            )
+        first = self._next_chunk_id
+        self._next_chunk_id += command.count
+        return AllocatedChunkIds(tuple(range(first, self._next_chunk_id)))
+
+    def _apply_allocate_volume_id(self) -> AllocatedVolumeId:
+        volume_id = self._next_volume_id
+        self._next_volume_id += 1
+        return AllocatedVolumeId(volume_id)
+
+    # ---------------------------------------------------------------- queries
+
+    def stat(self, path: str) -> Result[Stat]:
+        try:
+            inode_id = self._lookup(split_path(path), path, f"cannot stat {path}")
+        except RefusedError as refused:
+            return Result(error=refused.error)
+        return Result(value=_stat(inode_id, self._inodes[inode_id]))
+
+    def list(self, path: str) -> Result[tuple[DirEntry, ...]]:
+        """The entries of a directory, sorted by name (code point order)."""
+        try:
+            doing = f"cannot list {path}"
+            inode_id = self._lookup(split_path(path), path, doing)
+            directory = self._inodes[inode_id]
+            if not isinstance(directory, _Directory):
+                _refuse(ErrorCode.ENOTDIR, path, doing, "it is a file")
+        except RefusedError as refused:
+            return Result(error=refused.error)
+        entries = tuple(
+            DirEntry(name, _stat(child_id, self._inodes[child_id]))
+            for name, child_id in sorted(directory.children.items())
+        )
+        return Result(value=entries)
+
+    def lookup_chunks(self, path: str) -> Result[FileChunks]:
+        """A file's committed content, with the version to pass to a compare-and-set."""
+        try:
+            doing = f"cannot read {path}"
+            inode_id = self._lookup(split_path(path), path, doing)
+            file = self._inodes[inode_id]
+            if isinstance(file, _Directory):
+                _refuse(ErrorCode.EISDIR, path, doing, "it is a directory")
+        except RefusedError as refused:
+            return Result(error=refused.error)
+        return Result(
+            value=FileChunks(
+                inode=inode_id, version=file.version, size=file.size, chunks=file.chunks
+            )
+        )
+
+    def totals(self) -> Totals:
+        return Totals(files=self._files, directories=self._directories, bytes=self._bytes)
+
+    def inode_of_chunk(self, chunk_id: ChunkId) -> InodeId | None:
+        """The file whose committed content holds ``chunk_id``, if any (for volume reports)."""
+        return self._chunk_inode.get(chunk_id)
+
+    # ------------------------------------------------------- snapshot/restore
+
+    def snapshot(self) -> bytes:
+        """The whole replicated state; equal states give equal bytes."""
+        inode_ids = sorted(self._inodes)
+        return _image_encoder.encode(
+            _Image(
+                format=SNAPSHOT_FORMAT,
+                next_inode_id=self._next_inode_id,
+                next_chunk_id=self._next_chunk_id,
+                next_volume_id=self._next_volume_id,
+                inode_ids=inode_ids,
+                inodes=[self._inodes[inode_id] for inode_id in inode_ids],
+            )
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> Namespace:
+        """The namespace ``snapshot`` returned ``data`` for, or ``SnapshotError``."""
+        try:
+            image = _image_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise SnapshotError(f"not a namespace snapshot: {exc}") from exc
+        if image.format != SNAPSHOT_FORMAT:
+            raise SnapshotError(
+                f"snapshot format {image.format} is not the supported {SNAPSHOT_FORMAT}"
+            )
+        if len(image.inode_ids) != len(image.inodes):
+            raise SnapshotError("snapshot has a different number of inode ids and inodes")
+        inodes_by_id = dict(zip(image.inode_ids, image.inodes, strict=True))
+        if len(inodes_by_id) != len(image.inode_ids):
+            raise SnapshotError("snapshot lists an inode id twice")
+        if max(inodes_by_id, default=0) >= image.next_inode_id:
+            raise SnapshotError("snapshot has an inode id at or past its next inode id")
+        namespace = cls()
+        namespace._next_inode_id = image.next_inode_id
+        namespace._next_chunk_id = image.next_chunk_id
+        namespace._next_volume_id = image.next_volume_id
+        namespace._adopt_tree(inodes_by_id)
+        return namespace
+
+    def _adopt_tree(self, inodes_by_id: dict[InodeId, _Inode]) -> None:
+        """Take the decoded inodes as this namespace's state, checking that they form one
+        tree from the root, and rebuild what derives from them: counts, the chunk index,
+        the owner pool.
+
+        The inode table is rebuilt by walking the tree, keyed by the id objects of the
+        directories' ``children``: each id is then stored once, not once per place it
+        was decoded (28 bytes per inode)."""
+        root = inodes_by_id.get(ROOT_INODE_ID)
+        if not isinstance(root, _Directory):
+            raise SnapshotError("snapshot has no root directory")
+        self._inodes = {ROOT_INODE_ID: root}
+        self._chunk_inode = {}
+        self._files = self._directories = self._bytes = 0
+        pending = [ROOT_INODE_ID]
+        while pending:
+            inode_id = pending.pop()
+            node = self._inodes[inode_id]
+            node.owner = self._intern_owner(node.owner)
+            if isinstance(node, _Directory):
+                self._directories += 1
+                for child_id in node.children.values():
+                    child = inodes_by_id.get(child_id)
+                    if child is None or child_id in self._inodes:
+                        raise SnapshotError(
+                            f"snapshot is not a tree: inode {child_id} is missing "
+                            "or has two parents"
+                        )
+                    self._inodes[child_id] = child
+                    pending.append(child_id)
+                continue
+            self._files += 1
+            self._bytes += node.size
+            for chunk in node.chunks:
+                if not 1 <= chunk.chunk_id < self._next_chunk_id:
+                    raise SnapshotError(f"snapshot has unallocated chunk {chunk.chunk_id}")
+                if self._chunk_inode.setdefault(chunk.chunk_id, inode_id) != inode_id:
+                    raise SnapshotError(f"snapshot has chunk {chunk.chunk_id} in two files")
+                for volume_id in chunk.volume_ids:
+                    if not 1 <= volume_id < self._next_volume_id:
+                        raise SnapshotError(
+                            f"snapshot has chunk {chunk.chunk_id} on unknown volume {volume_id}"
+                        )
+        if len(self._inodes) != len(inodes_by_id):
+            raise SnapshotError(
+                f"snapshot has {len(inodes_by_id) - len(self._inodes)} inodes outside the tree"
+            )
+
+    # ---------------------------------------------------------------- helpers
+
+    def _lookup(self, components: tuple[str, ...], path: str, doing: str) -> InodeId:
+        """The inode at ``components``, or ENOENT/ENOTDIR naming the component at fault."""
+        inode_id = ROOT_INODE_ID
+        for depth, name in enumerate(components):
+            node = self._inodes[inode_id]
+            if not isinstance(node, _Directory):
+                _refuse(
+                    ErrorCode.ENOTDIR, path, doing, f"{join_path(components[:depth])} is a file"
+                )
+            child_id = node.children.get(name)
+            if child_id is None:
+                missing = join_path(components[: depth + 1])
+                _refuse(ErrorCode.ENOENT, path, doing, f"{missing} does not exist")
+            inode_id = child_id
+        return inode_id
+
+    def _parent_directory(self, components: tuple[str, ...], path: str, doing: str) -> _Directory:
+        """The directory that holds (or would hold) the non-root path ``components``."""
+        parent_components = components[:-1]
+        parent = self._inodes[self._lookup(parent_components, path, doing)]
+        if not isinstance(parent, _Directory):
+            _refuse(ErrorCode.ENOTDIR, path, doing, f"{join_path(parent_components)} is a file")
+        return parent
+
+    def _drop_subtree(self, top_id: InodeId) -> tuple[int, int, tuple[Chunk, ...]]:
+        """Forget ``top_id`` and everything under it (already unlinked from its parent):
+        (files, directories, released chunks by chunk id)."""
+        files = directories = 0
+        released: list[Chunk] = []
+        pending = [top_id]
+        while pending:
+            node = self._inodes.pop(pending.pop())
+            if isinstance(node, _Directory):
+                directories += 1
+                pending.extend(node.children.values())
+            else:
+                files += 1
+                self._bytes -= node.size
+                for chunk in node.chunks:
+                    del self._chunk_inode[chunk.chunk_id]
+                released.extend(node.chunks)
+        self._files -= files
+        self._directories -= directories
+        return files, directories, tuple(sorted(released, key=_chunk_id_of))
+
+    def _check_chunk_references(
+        self, chunk: Chunk, inode_id: InodeId, path: str, doing: str
+    ) -> None:
+        """A committed chunk must have been allocated, must not belong to another file,
+        and must sit on volumes that exist."""
+        chunk_id = chunk.chunk_id
+        if not 1 <= chunk_id < self._next_chunk_id:
+            _refuse(
+                ErrorCode.EINVAL,
+                path,
+                doing,
+                f"chunk {chunk_id} was never allocated (use AllocateChunkIds)",
+            )
+        holder = self._chunk_inode.get(chunk_id, inode_id)
+        if holder != inode_id:
+            _refuse(
+                ErrorCode.EINVAL,
+                path,
+                doing,
+                f"chunk {chunk_id} belongs to inode {holder}; a chunk is part of one file only",
+            )
+        for volume_id in chunk.volume_ids:
+            if not 1 <= volume_id < self._next_volume_id:
+                _refuse(
+                    ErrorCode.EINVAL,
+                    path,
+                    doing,
+                    f"chunk {chunk_id} is on volume {volume_id}, which was never allocated",
+                )
+
+    def _take_inode_id(self) -> InodeId:
+        inode_id = self._next_inode_id
+        self._next_inode_id += 1
+        return inode_id
+
+    def _intern_owner(self, owner: str) -> str:
+        return self._owners.setdefault(owner, owner)
+
+
+def _stat(inode_id: InodeId, node: _Inode) -> Stat:
+    if isinstance(node, _Directory):
+        return Stat(
+            inode=inode_id,
+            kind=Kind.DIRECTORY,
+            mode=node.mode,
+            mtime=node.mtime,
+            owner=node.owner,
+            size=0,
+            version=0,
+            replication=0,
+        )
+    return Stat(
+        inode=inode_id,
+        kind=Kind.FILE,
+        mode=node.mode,
+        mtime=node.mtime,
+        owner=node.owner,
+        size=node.size,
+        version=node.version,
+        replication=node.replication,
+    )
+
+
+def _chunk_id_of(chunk: Chunk) -> ChunkId:
+    return chunk.chunk_id
+
+
+def _entries(count: int) -> str:
+    return "1 entry" if count == 1 else f"{count} entries"
+
+
+def _refuse(code: ErrorCode, path: str, doing: str, problem: str) -> NoReturn:
+    """Refuse the command: ``doing`` says what could not be done, ``problem`` why."""
+    raise RefusedError(NamespaceError(code, f"{doing}: {problem}", path))
+
+
+def _check_attributes(
+    path: str,
+    doing: str,
+    *,
+    mode: int | None = None,
+    mtime: int | None = None,
+    owner: str | None = None,
+) -> None:
+    """Attributes that will be stored must be in range (and encodable); ``None`` is unset."""
+    if mode is not None and not 0 <= mode <= MAX_MODE:
+        _refuse(ErrorCode.EINVAL, path, doing, f"mode {mode:#o} is not 0 to 0o7777")
+    if mtime is not None and not _MIN_INT64 <= mtime <= _MAX_INT64:
+        _refuse(ErrorCode.EINVAL, path, doing, f"mtime {mtime} does not fit in 64 signed bits")
+    if owner is not None:
+        try:
+            owner_bytes = len(owner.encode("utf-8"))
+        except UnicodeEncodeError:
+            _refuse(ErrorCode.EINVAL, path, doing, "the owner is not valid UTF-8")
+        if not 1 <= owner_bytes <= MAX_OWNER_BYTES or "\0" in owner:
+            _refuse(
+                ErrorCode.EINVAL,
+                path,
+                doing,
+                f"the owner must be 1 to {MAX_OWNER_BYTES} bytes of UTF-8 without NUL",
+            )
+
+
+def _check_chunk_layout(chunks: tuple[Chunk, ...], size: int, path: str, doing: str) -> None:
+    """The chunk list on its own: ordered, not overlapping, within ``size``, well formed."""
+    end_of_previous = 0
+    seen_ids: set[ChunkId] = set()
+    for chunk in chunks:
+        chunk_id = chunk.chunk_id
+        if chunk_id in seen_ids:
+            _refuse(ErrorCode.EINVAL, path, doing, f"chunk {chunk_id} is listed twice")
+        seen_ids.add(chunk_id)
+        if chunk.size < 1:
+            _refuse(ErrorCode.EINVAL, path, doing, f"chunk {chunk_id} has size {chunk.size}")
+        if chunk.offset < 0:
+            _refuse(ErrorCode.EINVAL, path, doing, f"chunk {chunk_id} has a negative offset")
+        if chunk.offset < end_of_previous:
+            _refuse(
+                ErrorCode.EINVAL,
+                path,
+                doing,
+                f"chunk {chunk_id} at offset {chunk.offset} overlaps the chunk before it "
+                "(list chunks by increasing offset)",
+            )
+        end_of_previous = chunk.offset + chunk.size
+        if end_of_previous > size:
+            _refuse(
+                ErrorCode.EINVAL,
+                path,
+                doing,
+                f"chunk {chunk_id} ends at {end_of_previous}, past the file size {size}",
+            )
+        if not 0 <= chunk.checksum <= _MAX_CRC32:
+            _refuse(
+                ErrorCode.EINVAL,
+                path,
+                doing,
+                f"chunk {chunk_id} has checksum {chunk.checksum}, not a CRC-32C value",
+            )
+        if not chunk.volume_ids or len(set(chunk.volume_ids)) != len(chunk.volume_ids):
+            _refuse(
+                ErrorCode.EINVAL,
+                path,
+                doing,
+                f"chunk {chunk_id} must list at least one volume, each once",
+            )
