@@ -470,6 +470,15 @@ def test_a_definite_failure_beats_an_exhausted_budget() -> None:
     assert result.partition_index == 1
 
 
+def test_memoization_collapses_equivalent_orders() -> None:
+    # Ten concurrent writes of the same value: 10! orders but only 2**10 sets of
+    # placed writes, all with the same state. Step counts are deterministic, so a
+    # budget far below 10! is a precise test that equivalent orders are cut off.
+    h = [put("x", "a", 0, 100, client=i) for i in range(10)]
+    h.append(get("x", "b", 101, 102))
+    assert check(MODEL, h, max_steps=10_000).ok is False
+
+
 def test_a_generous_budget_changes_nothing() -> None:
     assert check(MODEL, failing_history(), max_steps=10_000).ok is False
     assert check(MODEL, failing_history()[:2], max_steps=10_000).ok is True
@@ -505,6 +514,30 @@ def test_nondeterministic_step_keeps_every_possible_state() -> None:
     result = check(lossy, [w, reg("r", 0, 1, 2, 3), reg("r", 0, 0, 4, 5)])
     assert result.ok is False
     assert "('r', 0) -> 0" in result.explain(lossy)  # the default describe()
+
+
+class WriteOnce(Model[str | None, str, bool]):
+    """A cell that can be written once: a write to a full cell cannot happen at all."""
+
+    def init(self) -> str | None:
+        return None
+
+    def step(self, state: str | None, input: str, output: bool | None) -> list[str | None]:
+        return [input] if state is None else []
+
+
+def test_pending_operations_may_be_dropped() -> None:
+    # The unknown write of "a" cannot be linearized anywhere (before "b" it blocks the
+    # write of "b"; after it, the cell is full), so the only explanation is that it
+    # never happened, which is allowed for an operation that never returned.
+    once = WriteOnce()
+    h: list[Operation[str, bool]] = [
+        Operation(1, "a", None, 0, INF),
+        Operation(2, "b", True, 1, 2),
+    ]
+    assert check(once, h).ok is True
+    # Had it returned, it would have to be placed, and that is impossible.
+    assert check(once, [Operation(1, "a", None, 0, 3), h[1]]).ok is False
 
 
 # --- property: linearizable by construction -------------------------------------------
@@ -580,6 +613,7 @@ def test_sequential_executions_are_linearizable_and_corruption_is_caught(
     result = check(MODEL, corrupted)
     assert result.ok is False
     assert any(o is corrupted[victim] for o in result.failing)
+    assert [o.call for o in result.failing] == sorted(o.call for o in result.failing)
     assert corrupted[victim] not in result.longest_prefix
 
 
@@ -617,9 +651,25 @@ def test_agrees_with_brute_force(history: list[KVOp]) -> None:
     assert result.ok is brute_force(WHOLE_STORE, history)
     assert check(WHOLE_STORE, history).ok is result.ok
     if result.ok is False:
-        assert replay(MODEL, result.longest_prefix)
-        assert respects_real_time(result.longest_prefix)
-        assert len(result.longest_prefix) < len(result.failing)
+        assert_longest_prefix_is_maximal(MODEL, result)
+
+
+def assert_longest_prefix_is_maximal(
+    model: Model[Any, Any, Any], result: CheckResult[Any, Any]
+) -> None:
+    """The reported linearization is valid and no unplaced operation can extend it (the
+    search visits every reachable configuration before it says no, so the deepest one
+    is a dead end)."""
+    prefix = result.longest_prefix
+    assert replay(model, prefix)
+    assert respects_real_time(prefix)
+    placed = {id(op) for op in prefix}
+    unplaced = [op for op in result.failing if id(op) not in placed]
+    deadline = min(op.ret for op in unplaced)  # a completed one is always among them
+    assert deadline != INF
+    for op in unplaced:
+        if op.call <= deadline:  # it could come next in real-time order
+            assert not replay(model, [*prefix, op]), op
 
 
 @settings(max_examples=100, deadline=None)
@@ -633,7 +683,10 @@ def test_nondeterministic_model_agrees_with_brute_force(
     lossy = LossyRegister()
     history = [reg("w", i + 1, 0, call, call + d) for i, (call, d) in enumerate(writes)]
     history += [reg("r", 0, seen, call, call + d) for call, d, seen in reads]
-    assert check(lossy, history).ok is brute_force(lossy, history)
+    result = check(lossy, history)
+    assert result.ok is brute_force(lossy, history)
+    if result.ok is False:
+        assert_longest_prefix_is_maximal(lossy, result)
 
 
 # --- size sanity: a simulator-sized history is not pathological -----------------------

@@ -104,8 +104,9 @@ class Operation(Generic[I, O]):
     client_id: int
     input: I
     output: O | None
-    """``None``: the outcome is unknown (timed out, crashed): it may or may not have
-    taken effect, and if it did, at any moment after ``call``."""
+    """``None``: the result was not observed. With ``ret == math.inf`` (timed out,
+    crashed) the operation may or may not have taken effect, at any moment after
+    ``call``; with a finite ``ret`` it took effect by ``ret``, result unrecorded."""
     call: float
     """Invocation time: virtual ticks or seconds, anything monotonically comparable."""
     ret: float
