@@ -317,3 +317,19 @@ def test_new_segments_are_covered_by_a_directory_fsync(
     assert wal in flushed, "the creations are made durable"
     # Every segment written to was flushed: the full ones when they stopped being the tail.
     assert set(rolled) <= {Path(p).name for p in flushed}
+
+
+def test_term_and_vote_are_durable_at_every_sync_the_commit_index_lazily(tmp_path: Path) -> None:
+    storage = DiskStorage.open(tmp_path)
+    storage.save(HardState(term=1, vote=0, commit=0), [Entry(i, 1, data=b"x") for i in range(1, 6)])
+    storage.sync()
+    storage.save(HardState(term=1, vote=0, commit=5), [])
+    storage.sync()
+    assert read_hard_state(tmp_path) == HardState(term=1, vote=0, commit=0)  # lazily
+    storage.save(HardState(term=2, vote=3, commit=5), [])
+    storage.sync()
+    assert read_hard_state(tmp_path) == HardState(term=2, vote=3, commit=5)  # a vote: at once
+    storage.save(HardState(term=2, vote=3, commit=5), [Entry(6, 2)])
+    storage.save(HardState(term=2, vote=3, commit=6), [])
+    storage.close()
+    assert read_hard_state(tmp_path) == HardState(term=2, vote=3, commit=6)  # on close

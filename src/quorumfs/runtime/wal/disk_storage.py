@@ -93,6 +93,10 @@ WAL_DIR: Final = "wal"
 LOCK_FILE: Final = "LOCK"
 
 
+COMMIT_PERSIST_INTERVAL = 4096
+"""Entries the stored commit index may lag the real one by (see ``DiskStorage.sync``)."""
+
+
 class DiskStorage:
     """The core's ``Storage`` on disk; also the write side a driver needs.
 
@@ -280,8 +284,16 @@ class DiskStorage:
             with self._mutex:
                 self._hard_state = hard_state
 
-    def sync(self) -> None:
-        """Make everything ``save`` wrote durable: entries first, then the hard state."""
+    def sync(self, *, full: bool = False) -> None:
+        """Make everything ``save`` wrote durable: entries first, then the hard state.
+
+        Term and vote are durable when this returns: Raft needs them before any
+        message leaves. The commit index alone is written lazily (every
+        ``COMMIT_PERSIST_INTERVAL`` entries, and on ``close`` or ``full=True``):
+        it only saves work on restart, since a restarted node learns the commit
+        index from the leader again, and writing it on every batch would cost
+        the hard state file's three fsyncs per group commit.
+        """
         self._check_usable()
         with self._poison_on_failure():
             if self._tail_dirty:
@@ -291,7 +303,11 @@ class DiskStorage:
                 self._durability.fsync_dir(self._wal_dir)
                 self._wal_dir_dirty = False
             hard_state = self._hard_state
-            if hard_state != self._durable_hard_state:
+            durable = self._durable_hard_state
+            if (hard_state.term, hard_state.vote) != (durable.term, durable.vote) or (
+                hard_state.commit != durable.commit
+                and (full or hard_state.commit - durable.commit >= COMMIT_PERSIST_INTERVAL)
+            ):
                 write_hard_state(self._dir, hard_state, self._durability)
                 self._durable_hard_state = hard_state
 
@@ -358,7 +374,7 @@ class DiskStorage:
             return
         try:
             if self._broken is None:
-                self.sync()
+                self.sync(full=True)
         finally:
             self._closed = True
             if self._tail_fd >= 0:

@@ -1,0 +1,209 @@
+"""``RaftMasterService``: the master as its HTTP handlers see it, on top of a ``RaftNode``.
+
+It turns namespace commands into proposals, reads into read barriers, and
+the node's view of the group into ``ClusterStatus``; it runs membership
+changes (a new master joins as a learner and is promoted to voter once it
+has caught up) and leadership transfers. Every wait is bounded: a request
+that cannot be served in time fails with ``ServiceUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from typing import Any
+
+from quorumfs.raft import ConfChange, ConfChangeType, Role
+from quorumfs.runtime.node import NotLeaderError as NodeNotLeaderError
+from quorumfs.runtime.node import OutcomeUnknownError, RaftNode, UnavailableError
+
+from .commands import Command, encode_command
+from .contract import (
+    ClusterStatus,
+    MemberInfo,
+    MemberRole,
+    NotLeaderError,
+    RejectedError,
+    ServiceUnavailableError,
+)
+from .namespace import Namespace
+from .results import Result
+from .state_machine import MasterStateMachine, MemberAddresses
+
+__all__ = ["RaftMasterService"]
+
+logger = logging.getLogger("quorumfs.master")
+
+_ROLE_NAMES = {
+    Role.LEADER: MemberRole.LEADER,
+    Role.FOLLOWER: MemberRole.FOLLOWER,
+    Role.CANDIDATE: MemberRole.CANDIDATE,
+    Role.PRE_CANDIDATE: MemberRole.CANDIDATE,
+}
+
+
+class RaftMasterService:
+    def __init__(
+        self,
+        node: RaftNode,
+        state: MasterStateMachine,
+        *,
+        admin_token: str,
+        timeout: float = 3.0,
+        promote_lag: int = 100,
+    ) -> None:
+        self.node = node
+        self.node_id = node.id
+        self.state = state
+        self._admin_token = admin_token
+        self.timeout = timeout
+        # A learner within this many entries of the leader's commit index is promoted.
+        self.promote_lag = promote_lag
+        self._membership_lock = asyncio.Lock()
+        self._promotions: set[asyncio.Task[None]] = set()
+
+    # -- reads and writes --------------------------------------------------------------
+
+    @property
+    def namespace(self) -> Namespace:
+        return self.state.namespace
+
+    def is_leader(self) -> bool:
+        return self.node.is_leader()
+
+    def leader_http(self) -> str | None:
+        member = self.state.members.get(self.node.leader)
+        return member.http if member is not None else None
+
+    async def execute(self, command: Command) -> Result[Any]:
+        result = await self._call(self.node.propose(encode_command(command), self.timeout))
+        assert isinstance(result, Result)
+        return result
+
+    async def read_barrier(self) -> None:
+        await self._call(self.node.read_barrier(self.timeout))
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except NodeNotLeaderError as error:
+            raise NotLeaderError(self.leader_http()) from error
+        except (UnavailableError, OutcomeUnknownError, TimeoutError) as error:
+            reason = str(error) or "no quorum in time"
+            raise ServiceUnavailableError(reason) from error
+
+    # -- status ----------------------------------------------------------------------------
+
+    def cluster_status(self) -> ClusterStatus:
+        status = self.node.status()
+        conf = status.conf
+        members = []
+        for member in sorted(self.state.members.values(), key=lambda m: m.id):
+            peer = status.peers.get(member.id)
+            if member.id == status.leader:
+                role = MemberRole.LEADER
+            elif member.id in conf.witnesses:
+                role = MemberRole.WITNESS
+            elif member.id in conf.learners:
+                role = MemberRole.LEARNER
+            elif member.id == self.node_id:
+                role = _ROLE_NAMES[status.role]
+            else:
+                role = MemberRole.FOLLOWER
+            members.append(
+                MemberInfo(
+                    id=member.id,
+                    http=member.http,
+                    raft=member.raft,
+                    role=role,
+                    voter=member.id in conf.voters,
+                    match_index=peer.match if peer is not None else None,
+                )
+            )
+        warnings = []
+        if len(conf.voters) % 2 == 0:
+            warnings.append(
+                f"{len(conf.voters)} voters: an even number tolerates no more failures than "
+                f"{len(conf.voters) - 1}; add or remove one"
+            )
+        own_role = _ROLE_NAMES[status.role]
+        if self.node_id in conf.learners:
+            own_role = MemberRole.LEARNER
+        return ClusterStatus(
+            id=self.node_id,
+            role=own_role,
+            term=status.term,
+            leader_id=status.leader or None,
+            leader_http=self.leader_http(),
+            commit_index=status.commit,
+            applied_index=status.applied,
+            members=members,
+            warnings=warnings,
+        )
+
+    # -- administration --------------------------------------------------------------------
+
+    def admin_token_ok(self, token: str | None) -> bool:
+        return token is not None and hmac.compare_digest(token, self._admin_token)
+
+    async def add_member(self, *, http: str, raft: str, voter: bool) -> MemberInfo:
+        async with self._membership_lock:
+            for member in self.state.members.values():
+                if member.http == http or member.raft == raft:
+                    raise RejectedError(
+                        f"{http} (raft {raft}) conflicts with member {member.id} "
+                        f"({member.http}, raft {member.raft}); remove it first",
+                        status=409,
+                    )
+            member_id = self.state.next_member_id
+            context = MemberAddresses(http=http, raft=raft).encode()
+            change = ConfChange(ConfChangeType.ADD_LEARNER, member_id, context)
+            await self._call(self.node.change_membership(change, self.timeout))
+        logger.info("added master %d (%s, raft %s) as a learner", member_id, http, raft)
+        if voter:
+            task = asyncio.create_task(self._promote_when_caught_up(member_id, context))
+            self._promotions.add(task)
+            task.add_done_callback(self._promotions.discard)
+        return MemberInfo(id=member_id, http=http, raft=raft, role=MemberRole.LEARNER, voter=False)
+
+    async def _promote_when_caught_up(self, member_id: int, context: bytes) -> None:
+        """Promote a learner to voter once its log is close to the leader's."""
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and self.is_leader():
+            status = self.node.status()
+            peer = status.peers.get(member_id)
+            if peer is None:
+                return  # removed meanwhile
+            if peer.match + self.promote_lag >= status.commit:
+                change = ConfChange(ConfChangeType.ADD_VOTER, member_id, context)
+                try:
+                    async with self._membership_lock:
+                        await self._call(self.node.change_membership(change, self.timeout))
+                except (ServiceUnavailableError, NotLeaderError) as error:
+                    logger.warning("promoting master %d failed (%s); retrying", member_id, error)
+                else:
+                    logger.info("master %d caught up and is now a voter", member_id)
+                    return
+            await asyncio.sleep(self.node.options.tick_interval * 4)
+        logger.warning("master %d stays a learner: it did not catch up here", member_id)
+
+    async def remove_member(self, member_id: int) -> None:
+        if member_id not in self.state.members:
+            raise RejectedError(f"no master with id {member_id}", status=404)
+        async with self._membership_lock:
+            change = ConfChange(ConfChangeType.REMOVE_NODE, member_id)
+            await self._call(self.node.change_membership(change, self.timeout))
+        logger.info("removed master %d", member_id)
+
+    async def transfer_leadership(self, member_id: int) -> int:
+        if member_id == self.node_id and self.is_leader():
+            return member_id
+        if not self.is_leader():
+            raise NotLeaderError(self.leader_http())
+        return int(await self._call(self.node.transfer_leadership(member_id, self.timeout)))
+
+    async def close(self) -> None:
+        for task in list(self._promotions):
+            task.cancel()

@@ -1,0 +1,414 @@
+"""``RaftNode``: the consensus core driven by asyncio, a journal on disk and a transport.
+
+This module is the Ready recipe of ``quorumfs.raft.rawnode`` and nothing else:
+
+1. persist the Ready (``DiskStorage.save`` + ``sync``, in a worker thread so the
+   event loop keeps serving while fsync waits; everything that accumulated
+   while the previous sync ran goes into the next one: group commit);
+2. send its messages (``Transport.send``, never blocking);
+3. apply committed entries to the ``StateMachine`` and answer the proposers;
+4. ``advance``.
+
+It also owns the clock: the core counts ticks, and the ticker calls ``tick``
+as many times as ``tick_interval`` periods have passed on the monotonic clock,
+so a process that was paused (SIGSTOP, a long GC) catches up at once instead
+of believing no time passed (which would stretch its leader lease).
+
+Proposals are tagged with a random request id so that the node that proposed
+an entry can hand the state machine's result back to the waiting caller. A
+caller always gets an answer in bounded time: the result, a refusal
+(``NotLeaderError``, ``UnavailableError``), or ``OutcomeUnknownError`` when
+leadership was lost or time ran out after the entry may have been replicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from quorumfs.raft import (
+    ConfChange,
+    Config,
+    ConfState,
+    DroppedError,
+    EntryType,
+    Message,
+    RawNode,
+    Ready,
+    Role,
+    SoftState,
+    Status,
+)
+
+from .wal import DiskStorage
+
+__all__ = [
+    "NodeOptions",
+    "NotLeaderError",
+    "OutcomeUnknownError",
+    "RaftNode",
+    "StateMachine",
+    "Transport",
+    "UnavailableError",
+]
+
+logger = logging.getLogger("quorumfs.raft")
+
+T = TypeVar("T")
+
+_PROPOSAL = b"\x01"  # entry payload = _PROPOSAL + 8-byte request id + state machine command
+_REQUEST_ID_BYTES = 8
+
+
+class StateMachine(Protocol):
+    """What the log is applied to. Called on the event loop, in log order."""
+
+    def apply(self, index: int, command: bytes) -> object:
+        """Apply one committed command; the return value goes to its proposer."""
+        ...
+
+    def apply_membership(self, index: int, change: ConfChange, conf: ConfState) -> None:
+        """A membership change took effect (keep member addresses, for example)."""
+        ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, image: bytes) -> None: ...
+
+
+class Transport(Protocol):
+    def send(self, messages: Iterable[Message]) -> None: ...
+
+
+class NotLeaderError(Exception):
+    def __init__(self, leader: int) -> None:
+        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
+        self.leader = leader
+
+
+class UnavailableError(Exception):
+    """Nothing was done: no leader, no quorum in time, or the request was refused."""
+
+
+class OutcomeUnknownError(Exception):
+    """The command may or may not have been applied (leadership lost, or timed out)."""
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    tick_interval: float = 0.05
+    """Seconds per core tick: with election_tick=10, elections start after 0.5-1.0 s."""
+    snapshot_every: int = 10_000
+    """Applied entries between two snapshots (the log before a snapshot is dropped)."""
+
+
+class RaftNode:
+    def __init__(
+        self,
+        config: Config,
+        storage: DiskStorage,
+        transport: Transport,
+        state_machine: StateMachine,
+        *,
+        options: NodeOptions = NodeOptions(),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.id = config.id
+        self.storage = storage
+        self.transport = transport
+        self.state_machine = state_machine
+        self.options = options
+        state_machine.restore(storage.snapshot().data)
+        self.raw = RawNode(config, storage, rng or random.Random())
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
+        self._clock_origin = time.monotonic()
+        self._ticks = 0
+        self._proposals: dict[bytes, asyncio.Future[object]] = {}
+        self._membership: tuple[ConfChange, asyncio.Future[ConfState]] | None = None
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._soft = SoftState()
+        self._soft_waiters: list[asyncio.Future[None]] = []  # woken on every role change
+        self._role_listeners: list[Callable[[SoftState, int], None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Replay the committed journal, then start ticking and processing."""
+        self.replay()
+        self._tasks = [
+            asyncio.create_task(self._ticker(), name=f"raft-{self.id}-ticker"),
+            asyncio.create_task(self._ready_loop(), name=f"raft-{self.id}-ready"),
+        ]
+        self._wake.set()
+
+    def replay(self) -> None:
+        """Apply what the journal already holds as committed, before any peer is heard.
+
+        Synchronous on purpose: whoever starts the node (the master) learns the
+        members' addresses from the log before its transport accepts a message.
+        """
+        while self.raw.has_ready():
+            rd = self.raw.ready()
+            if rd.must_sync:
+                self._persist(rd)
+            self.transport.send(rd.messages)
+            self._apply(rd)
+            self.raw.advance(rd)
+            self._release_applied_waiters()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail_waiters(UnavailableError("the node is shutting down"))
+
+    def on_role_change(self, listener: Callable[[SoftState, int], None]) -> None:
+        """Call ``listener(soft_state, term)`` whenever the role or known leader changes."""
+        self._role_listeners.append(listener)
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def receive(self, message: Message) -> None:
+        """A message from a peer (the transport's callback)."""
+        with contextlib.suppress(DroppedError):  # e.g. a forwarded proposal, no leader
+            self.raw.step(message)
+        self._wake.set()
+
+    def report_unreachable(self, peer: int) -> None:
+        self.raw.report_unreachable(peer)
+
+    async def propose(self, command: bytes, timeout: float) -> object:
+        """Replicate ``command`` and return what the state machine answered for it."""
+        self._require_leader()
+        request_id = os.urandom(_REQUEST_ID_BYTES)
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        try:
+            self.raw.propose(_PROPOSAL + request_id + command)
+        except DroppedError as error:
+            raise UnavailableError(error.reason) from error
+        self._proposals[request_id] = future
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError as error:
+            raise OutcomeUnknownError(f"not committed within {timeout:g} s") from error
+        finally:
+            self._proposals.pop(request_id, None)
+
+    async def read_barrier(self, timeout: float) -> None:
+        """Return once the local state reflects every write acknowledged before the call."""
+        self._catch_up_clock()  # a paused leader must not trust a lease measured in stale ticks
+        async with asyncio.timeout(timeout):
+            context = os.urandom(_REQUEST_ID_BYTES)
+            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            try:
+                self.raw.read_index(context)
+            except DroppedError as error:
+                raise UnavailableError(error.reason) from error
+            self._reads[context] = future
+            self._wake.set()
+            try:
+                index = await future
+            finally:
+                self._reads.pop(context, None)
+            await self.wait_applied(index)
+
+    async def wait_applied(self, index: int) -> None:
+        if self.raw.raft.log.applied >= index:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, future))
+        await future
+
+    async def change_membership(self, change: ConfChange, timeout: float) -> ConfState:
+        """Propose one membership change and wait until it is applied here."""
+        self._require_leader()
+        if self._membership is not None:
+            raise UnavailableError("another membership change is in progress")
+        future: asyncio.Future[ConfState] = asyncio.get_running_loop().create_future()
+        try:
+            self.raw.propose_membership(change)
+        except DroppedError as error:
+            raise UnavailableError(error.reason) from error
+        self._membership = (change, future)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError as error:
+            raise OutcomeUnknownError(f"membership change not applied in {timeout:g} s") from error
+        finally:
+            self._membership = None
+
+    async def transfer_leadership(self, target: int, timeout: float) -> int:
+        """Hand leadership to ``target``; returns once it leads (its id)."""
+        if target not in self.raw.raft.conf.voters:
+            raise UnavailableError(f"node {target} is not a voter")
+        try:
+            self.raw.transfer_leadership(target)
+        except DroppedError as error:
+            raise UnavailableError(error.reason) from error
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                while self._soft.leader != target:
+                    await self._next_role_change()
+        except TimeoutError as error:
+            raise UnavailableError(
+                f"node {target} did not take over within {timeout:g} s "
+                f"(the leader is {self._soft.leader or 'unknown'})"
+            ) from error
+        return target
+
+    async def _next_role_change(self) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._soft_waiters.append(future)
+        await future
+
+    def campaign(self) -> None:
+        self.raw.campaign()
+        self._wake.set()
+
+    # -- introspection ---------------------------------------------------------------
+
+    def status(self) -> Status:
+        return self.raw.status()
+
+    @property
+    def leader(self) -> int:
+        return self._soft.leader
+
+    def is_leader(self) -> bool:
+        return self._soft.role is Role.LEADER
+
+    # -- the clock ---------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        interval = self.options.tick_interval
+        while True:
+            next_at = self._clock_origin + (self._ticks + 1) * interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            self._catch_up_clock()
+
+    def _catch_up_clock(self) -> None:
+        due = int((time.monotonic() - self._clock_origin) / self.options.tick_interval)
+        if due > self._ticks:
+            for _ in range(due - self._ticks):
+                self.raw.tick()
+            self._ticks = due
+            self._wake.set()
+
+    # -- the Ready loop ----------------------------------------------------------------
+
+    async def _ready_loop(self) -> None:
+        while not self._stopped:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.raw.has_ready():
+                rd = self.raw.ready()
+                if rd.must_sync:
+                    await asyncio.to_thread(self._persist, rd)
+                self.transport.send(rd.messages)
+                self._apply(rd)
+                self.raw.advance(rd)
+                self._release_applied_waiters()
+                await self._maybe_snapshot()
+
+    def _persist(self, rd: Ready) -> None:
+        self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
+        self.storage.sync()
+
+    def _apply(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state)
+        if rd.snapshot is not None:
+            self.state_machine.restore(rd.snapshot.data)
+        for entry in rd.committed_entries:
+            if entry.type is EntryType.CONF_CHANGE:
+                change = ConfChange.decode(entry.data)
+                conf = self.raw.apply_conf_change(change)
+                self.state_machine.apply_membership(entry.index, change, conf)
+                if self._membership is not None and self._membership[0] == change:
+                    _resolve(self._membership[1], conf)
+            elif entry.data.startswith(_PROPOSAL):
+                request_id = entry.data[1 : 1 + _REQUEST_ID_BYTES]
+                result = self.state_machine.apply(entry.index, entry.data[1 + _REQUEST_ID_BYTES :])
+                future = self._proposals.get(request_id)
+                if future is not None:
+                    _resolve(future, result)
+        for state in rd.read_states:
+            read = self._reads.get(state.context)
+            if read is not None:
+                _resolve(read, state.index)
+
+    def _release_applied_waiters(self) -> None:
+        applied = self.raw.raft.log.applied
+        waiting = []
+        for index, future in self._applied_waiters:
+            if index <= applied:
+                _resolve(future, None)
+            elif not future.done():
+                waiting.append((index, future))
+        self._applied_waiters = waiting
+
+    def _on_soft_state(self, soft: SoftState) -> None:
+        was_leader = self._soft.role is Role.LEADER
+        self._soft = soft
+        term = self.raw.raft.term
+        logger.info(
+            "node %d is %s in term %d (leader: %s)", self.id, soft.role.value, term, soft.leader
+        )
+        if was_leader and soft.role is not Role.LEADER:
+            self._fail_waiters(OutcomeUnknownError("leadership was lost before the reply"))
+        for listener in self._role_listeners:
+            listener(soft, term)
+        waiters, self._soft_waiters = self._soft_waiters, []
+        for future in waiters:
+            _resolve(future, None)
+
+    def _fail_waiters(self, error: Exception) -> None:
+        for future in self._proposals.values():
+            _fail(future, error)
+        for read in self._reads.values():
+            _fail(read, UnavailableError(str(error)))
+        if self._membership is not None:
+            _fail(self._membership[1], error)
+
+    async def _maybe_snapshot(self) -> None:
+        applied = self.raw.raft.log.applied
+        if applied - self.storage.snapshot().meta.index < self.options.snapshot_every:
+            return
+        image = self.state_machine.snapshot()
+        conf = self.raw.raft.conf
+        await asyncio.to_thread(self._write_snapshot, applied, conf, image)
+
+    def _write_snapshot(self, index: int, conf: ConfState, image: bytes) -> None:
+        self.storage.create_snapshot(index, conf, image)
+        self.storage.compact(index)
+        logger.info("node %d: snapshot at %d (%d bytes); log compacted", self.id, index, len(image))
+
+    def _require_leader(self) -> None:
+        if self._soft.role is not Role.LEADER:
+            raise NotLeaderError(self._soft.leader)
+
+
+def _resolve(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
