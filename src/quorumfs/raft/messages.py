@@ -198,7 +198,7 @@ CAMPAIGN_TRANSFER = b"transfer"
 """``context`` of a HUP/VOTE that comes from a leadership transfer: voters ignore leases."""
 
 
-class Message(msgspec.Struct, frozen=True, kw_only=True):
+class Message(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     type: MessageType
     to: int = NONE
     frm: int = NONE

@@ -1,6 +1,8 @@
 """The runtime: everything that drives the consensus core against the real world.
 
-It owns the disk (``runtime.wal``: write-ahead log, hard state, snapshots) and,
-later, the asyncio driver, clock and transport. It may import
-``quorumfs.raft``; the core never imports it.
+- ``runtime.node``: ``RaftNode``, the asyncio driver (the Ready loop, the clock).
+- ``runtime.wal``: the journal on disk (write-ahead log, hard state, snapshots).
+- ``runtime.transport``: authenticated TCP between Raft peers.
+
+It may import ``quorumfs.raft``; the core never imports it.
 """
