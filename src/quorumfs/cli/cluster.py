@@ -1,0 +1,163 @@
+"""``quorumfs cluster``: see and change the Raft group of masters.
+
+``members`` shows every master with its role (LEADER/FOLLOWER/CANDIDATE/LEARNER/
+WITNESS), addresses and, as the leader knows them, replication progress and last
+contact, followed by the status's warnings. ``add``, ``remove`` and
+``transfer-leader`` change the group; they need the admin token, and any master
+accepts them (a follower forwards to the leader). Talking HTTP is ``cli.http``'s
+job; this module only asks and prints.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from quorumfs.master.contract import ClusterStatus, MemberInfo
+
+from .http import (
+    DEFAULT_MASTER,
+    CliError,
+    JsonOption,
+    MasterClient,
+    MasterOption,
+    TokenOption,
+    parse_address,
+    reported_errors,
+)
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="cluster",
+    help="See and change the Raft group of masters.",
+    no_args_is_help=True,
+)
+
+
+@app.command("members")
+def members(master: MasterOption = DEFAULT_MASTER, as_json: JsonOption = False) -> None:
+    """Show the masters: id, role, addresses, replication progress, last contact."""
+    with reported_errors():
+        client = MasterClient(master)
+        reply = client.request("GET", "/cluster/status")
+        status = _decode(reply.body, ClusterStatus, reply.address)
+        seen_by = reply.address
+        if status.leader_http is not None and status.leader_id != status.id:
+            # Progress and last contact are known on the leader only: ask it if we can.
+            try:
+                leader_reply = MasterClient(status.leader_http).request("GET", "/cluster/status")
+                status = _decode(leader_reply.body, ClusterStatus, leader_reply.address)
+                seen_by = leader_reply.address
+            except CliError:
+                pass  # the view of the master that answered will do
+        if as_json:
+            typer.echo(json.dumps(msgspec.to_builtins(status), indent=2))
+            return
+        console = Console(highlight=False)
+        console.print(_members_table(status, seen_by))
+        for warning in status.warnings:
+            console.print(Text(f"warning: {warning}", style="yellow"))
+
+
+@app.command("add")
+def add(
+    *,
+    http: Annotated[str, typer.Option("--http", help="HTTP host:port of the new master.")],
+    raft: Annotated[str, typer.Option("--raft", help="Raft host:port (HTTP port + 10000).")],
+    learner: Annotated[
+        bool, typer.Option("--learner", help="Keep it a non-voting learner.")
+    ] = False,
+    master: MasterOption = DEFAULT_MASTER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a master: it joins as a learner and becomes a voter once it has caught up."""
+    with reported_errors():
+        body = {
+            "http": parse_address(http, "--http"),
+            "raft": parse_address(raft, "--raft"),
+            "voter": not learner,
+        }
+        reply = MasterClient(master, token=token).request("POST", "/cluster/members", body)
+        member = _decode(reply.body, MemberInfo, reply.address)
+        if as_json:
+            typer.echo(json.dumps(msgspec.to_builtins(member)))
+            return
+        future = "stays a learner" if learner else "becomes a voter once it has caught up"
+        typer.echo(
+            f"added member {member.id} (http {member.http}, raft {member.raft}) "
+            f"as a {member.role.value.lower()}; it {future}"
+        )
+
+
+@app.command("remove")
+def remove(
+    member_id: Annotated[int, typer.Argument(metavar="ID", help="The member's id.", min=1)],
+    master: MasterOption = DEFAULT_MASTER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove a master from the group (see its id with `cluster members`)."""
+    with reported_errors():
+        reply = MasterClient(master, token=token).request("DELETE", f"/cluster/members/{member_id}")
+        if as_json:
+            typer.echo(json.dumps(reply.body))
+            return
+        typer.echo(f"removed member {member_id}")
+
+
+@app.command("transfer-leader")
+def transfer_leader(
+    to: Annotated[int, typer.Option("--to", help="Id of the voting member to lead.", min=1)],
+    master: MasterOption = DEFAULT_MASTER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Hand leadership to another voting member, and wait until it leads."""
+    with reported_errors():
+        reply = MasterClient(master, token=token).request(
+            "POST", "/cluster/transfer-leader", {"to": to}
+        )
+        if as_json:
+            typer.echo(json.dumps(reply.body))
+            return
+        typer.echo(f"member {reply.body.get('leader_id', to)} leads now")
+
+
+def _members_table(status: ClusterStatus, seen_by: str) -> Table:
+    table = Table(
+        title=f"masters (term {status.term}, as seen by member {status.id} at {seen_by})",
+        title_justify="left",
+    )
+    for column in ("ID", "ROLE", "HTTP", "RAFT"):
+        table.add_column(column)
+    table.add_column("MATCH", justify="right")
+    table.add_column("LAST CONTACT", justify="right")
+    for member in sorted(status.members, key=lambda m: m.id):
+        role = member.role.value
+        table.add_row(
+            str(member.id),
+            Text(role, style="bold green" if role == "LEADER" else ""),
+            member.http,
+            member.raft,
+            "-" if member.match_index is None else str(member.match_index),
+            "-" if member.last_contact_ms is None else f"{member.last_contact_ms} ms ago",
+        )
+    return table
+
+
+def _decode(body: object, kind: type[T], address: str) -> T:
+    try:
+        return msgspec.convert(body, kind)
+    except msgspec.ValidationError as exc:
+        raise CliError(
+            f"{address} answered with an unexpected shape ({exc}); "
+            "is it a quorumfs master of the same version?"
+        ) from None
