@@ -6,7 +6,9 @@ import typer
 
 from quorumfs import __version__
 
-from . import local
+from . import local, master
+from .cluster import app as cluster_app
+from .fs import app as fs_app
 
 app = typer.Typer(
     name="quorumfs",
@@ -15,6 +17,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("local")(local.local)
+app.command("master")(master.master)
+app.add_typer(fs_app, name="fs")
+app.add_typer(cluster_app, name="cluster")
 
 
 @app.command("version")

@@ -73,7 +73,10 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class NotLeaderError(Exception):
-    """This master is not the leader; ``leader_http`` names the one that is (or None)."""
+    """This master is not the leader; ``leader_http`` names the one that is (or None).
+
+    Raised only before anything was proposed, so forwarding the request is safe.
+    """
 
     def __init__(self, leader_http: str | None) -> None:
         super().__init__(f"not the leader; the leader is {leader_http or 'unknown'}")
@@ -141,7 +144,8 @@ class MasterService(Protocol):
 
     async def transfer_leadership(self, member_id: int) -> int:
         """Leader only. Returns once ``member_id`` leads (its id), or raises
-        ``ServiceUnavailableError`` saying why not."""
+        ``ServiceUnavailableError`` saying why not; ``RejectedError`` (404) for an
+        unknown id, (400) for a member that cannot lead (a learner or witness)."""
         ...
 
     def admin_token_ok(self, token: str | None) -> bool:

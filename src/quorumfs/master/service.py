@@ -198,6 +198,10 @@ class RaftMasterService:
         logger.info("removed master %d", member_id)
 
     async def transfer_leadership(self, member_id: int) -> int:
+        if member_id not in self.state.members:
+            raise RejectedError(f"no master with id {member_id}", status=404)
+        if member_id not in self.node.status().conf.voters:
+            raise RejectedError(f"master {member_id} is not a voter and cannot lead", status=400)
         if member_id == self.node_id and self.is_leader():
             return member_id
         if not self.is_leader():

@@ -1,0 +1,66 @@
+"""``quorumfs master``: run one master of the metadata group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from quorumfs.master.server import SECRET_ENV, MasterOptions, MasterStartupError, run_master
+from quorumfs.runtime.wal import CorruptLogError, JournalInUseError
+
+
+def master(
+    *,
+    mdir: Annotated[Path, typer.Option(help="Master directory: identity, secret and journal.")],
+    port: Annotated[int, typer.Option(help="HTTP port; Raft listens on port + 10000.")] = 9333,
+    ip: Annotated[str, typer.Option(help="Address to listen on and advertise.")] = "127.0.0.1",
+    peers: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated HOST:PORT of masters. Include this master's own address "
+            "to found a group; list only others to join a running group. Not needed on restart."
+        ),
+    ] = "",
+    secret: Annotated[
+        str | None,
+        typer.Option(envvar=SECRET_ENV, help="Shared cluster secret (same on every master)."),
+    ] = None,
+    raft_port: Annotated[
+        int | None, typer.Option(help="Raft port (default: HTTP port + 10000).")
+    ] = None,
+    tick_ms: Annotated[int, typer.Option(help="Raft tick length in milliseconds.")] = 50,
+    election_ticks: Annotated[
+        int, typer.Option(help="Election timeout in ticks (randomized up to twice this).")
+    ] = 10,
+    fsync: Annotated[
+        bool,
+        typer.Option(help="fsync the journal before acknowledging (never turn off in production)."),
+    ] = True,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run a master: a member of the Raft group that holds the namespace."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    options = MasterOptions(
+        mdir=mdir,
+        ip=ip,
+        port=port,
+        raft_port=raft_port,
+        peers=[p for p in peers.split(",") if p.strip()],
+        secret=secret,
+        tick_interval=tick_ms / 1000,
+        election_tick=election_ticks,
+        fsync=fsync,
+    )
+    console = Console(stderr=True, soft_wrap=True)  # a path in an error must stay whole
+    try:
+        asyncio.run(run_master(options, started=console.print))
+    except (MasterStartupError, CorruptLogError, JournalInUseError) as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(code=2) from error

@@ -1,0 +1,347 @@
+"""One master process: its directory, its identity, and how it joins or forms a group.
+
+The master directory (``--mdir``) holds::
+
+    identity.json   this master's node id and addresses: written once, then sticky
+    cluster.secret  the group's shared secret (mode 0600): authenticates Raft peers
+    admin.token     derived from the secret (mode 0600): authorises admin requests
+    journal/        the Raft journal (quorumfs.runtime.wal)
+
+How a master starts, as SeaweedFS masters do:
+
+- ``identity.json`` exists: a restart. Membership comes from the journal, so
+  ``--peers`` is not needed (and is ignored, with a note in the log).
+- ``--peers`` lists this master's own address: a founding member. Every
+  founding master is given the same list; node ids are positions in the
+  sorted list, so they agree without talking. With more than one peer they
+  must share a secret (``--secret`` or ``QUORUMFS_CLUSTER_SECRET``).
+- ``--peers`` lists other masters only: a new master joining a running group.
+  It asks one of them (over HTTP, with the admin token derived from the
+  shared secret) to add it; it joins as a learner, catches up, and is
+  promoted to voter by the leader.
+- no ``--peers``: a group of one, with a freshly generated secret.
+
+Ports: HTTP on ``--port`` (default 9333), Raft on ``--port + 10000``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from quorumfs.raft import Config, ReadOnlyOption, bootstrap_log
+from quorumfs.runtime.node import NodeOptions, RaftNode
+from quorumfs.runtime.transport import RaftTransport
+from quorumfs.runtime.wal import DiskStorage
+
+from .contract import RAFT_PORT_OFFSET
+from .http_api import build_app
+from .service import RaftMasterService
+from .state_machine import MasterStateMachine, MemberAddresses
+
+__all__ = ["MasterOptions", "MasterStartupError", "admin_token_for", "run_master"]
+
+logger = logging.getLogger("quorumfs.master")
+
+SECRET_ENV = "QUORUMFS_CLUSTER_SECRET"
+MIN_SECRET_BYTES = 16
+
+
+class MasterStartupError(Exception):
+    """The master cannot start as asked; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class MasterOptions:
+    mdir: Path
+    ip: str = "127.0.0.1"
+    port: int = 9333
+    raft_port: int | None = None
+    peers: list[str] = field(default_factory=list)
+    secret: str | None = None
+    tick_interval: float = 0.05
+    election_tick: int = 10
+    snapshot_every: int = 10_000
+    fsync: bool = True
+
+    @property
+    def http_address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    @property
+    def raft_address(self) -> str:
+        return f"{self.ip}:{self.raft_port or self.port + RAFT_PORT_OFFSET}"
+
+
+@dataclass(frozen=True)
+class _Identity:
+    node_id: int
+    http: str
+    raft: str
+
+
+def admin_token_for(secret: bytes) -> str:
+    return hmac.new(secret, b"quorumfs admin token", hashlib.sha256).hexdigest()[:40]
+
+
+def normalize_address(address: str) -> str:
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MasterStartupError(f"{address!r} is not HOST:PORT")
+    if host == "localhost":
+        host = "127.0.0.1"
+    return f"{host}:{int(port)}"
+
+
+def _default_raft(http_address: str) -> str:
+    host, port = _split(http_address)
+    return f"{host}:{port + RAFT_PORT_OFFSET}"
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class _MasterDirectory:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.identity_file = path / "identity.json"
+        self.secret_file = path / "cluster.secret"
+        self.journal = path / "journal"
+
+    def identity(self) -> _Identity | None:
+        if not self.identity_file.exists():
+            return None
+        try:
+            data = json.loads(self.identity_file.read_text())
+            return _Identity(int(data["node_id"]), str(data["http"]), str(data["raft"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise MasterStartupError(
+                f"{self.identity_file} is unreadable ({error}); restore it or start this "
+                f"master afresh with an empty directory and re-add it"
+            ) from error
+
+    def save_identity(self, identity: _Identity) -> None:
+        text = json.dumps(
+            {"node_id": identity.node_id, "http": identity.http, "raft": identity.raft}
+        )
+        _write_private(self.identity_file, text + "\n")
+
+    def secret(self, given: str | None, *, generate: bool) -> bytes:
+        stored = self.secret_file.read_text().strip() if self.secret_file.exists() else None
+        if stored and given and stored != given:
+            raise MasterStartupError(
+                f"the secret given differs from the one in {self.secret_file}; "
+                f"a master keeps the secret it was started with"
+            )
+        secret = stored or given
+        if not secret:
+            if not generate:
+                raise MasterStartupError(
+                    "masters of one group must share a secret: set "
+                    f"{SECRET_ENV} (or --secret) to the same value on every master, for "
+                    "example the output of `python3 -c 'import secrets; "
+                    "print(secrets.token_hex(32))'`"
+                )
+            secret = secrets.token_hex(32)
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise MasterStartupError(
+                f"the cluster secret must be at least {MIN_SECRET_BYTES} bytes"
+            )
+        if not stored:
+            _write_private(self.secret_file, secret + "\n")
+        token = admin_token_for(secret.encode())
+        _write_private(self.path / "admin.token", token + "\n")
+        return secret.encode()
+
+
+async def _join(
+    options: MasterOptions, peers: list[str], token: str
+) -> tuple[int, list[dict[str, object]]]:
+    """Ask a running group to add this master; returns its id and the members."""
+    body = {"http": options.http_address, "raft": options.raft_address, "voter": True}
+    headers = {"Authorization": f"Bearer {token}"}
+    errors = []
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for peer in peers:
+            try:
+                async with session.post(
+                    f"http://{peer}/cluster/members", json=body, headers=headers
+                ) as response:
+                    payload = await response.json(content_type=None)
+                    if response.status != 201:
+                        error = payload.get("error", {}) if isinstance(payload, dict) else {}
+                        errors.append(f"{peer}: {response.status} {error.get('message', payload)}")
+                        continue
+                async with session.get(f"http://{peer}/cluster/members") as response:
+                    members = (await response.json())["members"]
+                return int(payload["id"]), list(members)
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
+                errors.append(f"{peer}: {error or type(error).__name__}")
+    raise MasterStartupError("could not join the group: " + "; ".join(errors))
+
+
+async def _prepare(
+    options: MasterOptions, directory: _MasterDirectory
+) -> tuple[_Identity, bytes, DiskStorage, list[tuple[int, str]]]:
+    """Work out who this master is; returns identity, secret, journal and seed peers."""
+    directory.path.mkdir(parents=True, exist_ok=True)
+    identity = directory.identity()
+    peers = [normalize_address(p) for p in options.peers if p.strip()]
+    if identity is not None:
+        if peers:
+            logger.info("membership is kept in the journal: --peers is ignored on restart")
+        secret = directory.secret(options.secret, generate=False)
+        return identity, secret, DiskStorage.open(directory.journal, fsync=options.fsync), []
+
+    me_http, me_raft = options.http_address, options.raft_address
+    if not peers or peers == [me_http]:  # a group of one
+        founders = [me_http]
+    elif me_http in peers:
+        founders = sorted(set(peers))
+    else:
+        founders = []
+
+    if founders:
+        secret = directory.secret(options.secret, generate=len(founders) == 1)
+        node_id = founders.index(me_http) + 1
+        if len(founders) > 1 and me_raft != _default_raft(me_http):
+            raise MasterStartupError(
+                "founding masters use the default Raft port (HTTP port + 10000) so that each "
+                "can work out the others'; drop --raft-port, or found a group of one and add "
+                "masters to it"
+            )
+        contexts = {
+            i: MemberAddresses(http=addr, raft=_default_raft(addr)).encode()
+            for i, addr in enumerate(founders, start=1)
+        }
+        storage = DiskStorage.open(directory.journal, fsync=options.fsync)
+        if storage.last_index() == 0:
+            entries, hard_state = bootstrap_log(contexts.keys(), contexts)
+            storage.save(hard_state, entries)
+            storage.sync()
+        identity = _Identity(node_id, me_http, me_raft)
+        directory.save_identity(identity)
+        logger.info("founding master %d of %d: %s", node_id, len(founders), ", ".join(founders))
+        return identity, secret, storage, []
+
+    secret = directory.secret(options.secret, generate=False)
+    node_id, members = await _join(options, peers, admin_token_for(secret))
+    identity = _Identity(node_id, me_http, me_raft)
+    storage = DiskStorage.open(directory.journal, fsync=options.fsync)
+    directory.save_identity(identity)
+    seed = [(int(str(m["id"])), str(m["raft"])) for m in members if int(str(m["id"])) != node_id]
+    logger.info("joined the group as master %d (learner until caught up)", node_id)
+    return identity, secret, storage, seed
+
+
+async def run_master(
+    options: MasterOptions,
+    *,
+    started: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a master until ``stop`` is set (or SIGINT/SIGTERM)."""
+    directory = _MasterDirectory(options.mdir)
+    identity, secret, storage, seed = await _prepare(options, directory)
+    state = MasterStateMachine()
+    stop = stop or asyncio.Event()
+    node_holder: list[RaftNode] = []  # the node is built after its transport: late binding
+
+    transport = RaftTransport(
+        identity.node_id,
+        _split(identity.raft),
+        secret,
+        on_message=lambda m: node_holder[0].receive(m),  # noqa: PLW0108
+        on_unreachable=lambda peer: node_holder[0].report_unreachable(peer),  # noqa: PLW0108
+    )
+
+    def sync_peers() -> None:
+        if not state.members:
+            return  # a joining master's journal is still empty: keep the peers it was given
+        wanted = {m.id: m.raft for m in state.members.values() if m.id != identity.node_id}
+        for member_id, raft in wanted.items():
+            transport.set_peer(member_id, _split(raft))
+        for member_id in set(transport.peer_state()) - set(wanted):
+            transport.remove_peer(member_id)
+
+    for member_id, raft in seed:
+        transport.set_peer(member_id, _split(raft))
+    state.on_membership_change(sync_peers)
+    config = Config(
+        id=identity.node_id,
+        election_tick=options.election_tick,
+        heartbeat_tick=1,
+        read_only=ReadOnlyOption.LEASE,
+    )
+    node = RaftNode(
+        config,
+        storage,
+        transport,
+        state,
+        options=NodeOptions(
+            tick_interval=options.tick_interval, snapshot_every=options.snapshot_every
+        ),
+    )
+    node_holder.append(node)
+    service = RaftMasterService(node, state, admin_token=admin_token_for(secret))
+    runner = web.AppRunner(build_app(service), access_log=None)
+    try:
+        await node.start()
+        await transport.start()
+        await runner.setup()
+        http_host, http_port = _split(identity.http)
+        site = web.TCPSite(runner, http_host, http_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as error:
+            raise MasterStartupError(
+                f"cannot listen on {identity.http}: {error.strerror}"
+            ) from error
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        message = (
+            f"master {identity.node_id} serving http://{identity.http} "
+            f"(raft {identity.raft}), journal {directory.journal}"
+        )
+        logger.info(message)
+        if started is not None:
+            started(message)
+        await stop.wait()
+        logger.info("master %d stopping", identity.node_id)
+    finally:
+        await service.close()
+        await runner.cleanup()
+        await node.stop()
+        await transport.close()
+        storage.close()

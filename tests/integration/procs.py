@@ -1,0 +1,196 @@
+"""Real master processes on loopback, for integration tests.
+
+Each master is ``python -m quorumfs master`` with its own directory under the
+test's tmp_path and its stderr in ``<mdir>.log``; ports are picked free for
+both HTTP and Raft (HTTP + 10000). Waiting is always a poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SECRET = "integration-test-secret-0123456789"
+TICK_MS = 20  # fast elections keep the suite quick; the defaults are 50 ms
+
+
+def free_port_pair() -> int:
+    """An HTTP port p with p and p + 10000 both free on 127.0.0.1."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        if _free(port) and _free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+
+
+def http(
+    method: str,
+    address: str,
+    path: str,
+    body: Any = None,
+    *,
+    timeout: float = 5.0,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://{address}{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = raw.decode(errors="replace")
+        raise HttpError(error.code, payload) from None
+
+
+class Master:
+    def __init__(self, root: Path, name: str, port: int) -> None:
+        self.mdir = root / name
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.log = root / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *args: str, secret: str | None = SECRET) -> None:
+        env = dict(os.environ)
+        env.pop("QUORUMFS_CLUSTER_SECRET", None)
+        if secret is not None:
+            env["QUORUMFS_CLUSTER_SECRET"] = secret
+        command = [
+            sys.executable,
+            "-m",
+            "quorumfs",
+            "master",
+            "--mdir",
+            str(self.mdir),
+            "--port",
+            str(self.port),
+            "--tick-ms",
+            str(TICK_MS),
+            *args,
+        ]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
+
+    def wait_serving(self) -> None:
+        def serving() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"master exited {self.process.returncode}:\n{self.log_text()}")
+            try:
+                return bool(http("GET", self.address, "/healthz", timeout=1))
+            except (OSError, HttpError):
+                return False
+
+        wait_for(serving, f"{self.address} to serve")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = http("GET", self.address, "/cluster/status", timeout=2)
+        return result
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def admin_token(self) -> str:
+        return (self.mdir / "admin.token").read_text().strip()
+
+
+class Cluster:
+    def __init__(self, root: Path, size: int = 3) -> None:
+        self.root = root
+        self.masters = [Master(root, f"m{i}", free_port_pair()) for i in range(1, size + 1)]
+
+    def start(self) -> None:
+        peers = ",".join(m.address for m in self.masters)
+        for master in self.masters:
+            master.start("--peers", peers)
+        for master in self.masters:
+            master.wait_serving()
+
+    def add(self, via: Master) -> Master:
+        master = Master(self.root, f"m{len(self.masters) + 1}", free_port_pair())
+        self.masters.append(master)
+        master.start("--peers", via.address)
+        master.wait_serving()
+        return master
+
+    def alive(self) -> list[Master]:
+        return [m for m in self.masters if m.alive]
+
+    def leader(self, timeout: float = 15.0) -> Master:
+        """The master that every live master agrees is leading."""
+
+        def agreed() -> Master | None:
+            leaders = set()
+            for master in self.alive():
+                try:
+                    status = master.status()
+                except (OSError, HttpError):
+                    return None
+                leaders.add(status["leader_http"])
+            if len(leaders) != 1:
+                return None
+            (address,) = leaders
+            return next((m for m in self.alive() if m.address == address), None)
+
+        found: Master = wait_for(agreed, "one agreed leader", timeout)
+        return found
+
+    def stop(self) -> None:
+        for master in self.masters:
+            master.kill(signal.SIGTERM)

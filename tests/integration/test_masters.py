@@ -1,0 +1,189 @@
+"""Three (then five) real master processes on loopback: election, failover, restart, membership."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from procs import Cluster, HttpError, Master, http, wait_for
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    c.start()
+    yield c
+    c.stop()
+
+
+def mkdir(master: Master, path: str) -> None:
+    http("POST", master.address, "/v1/fs/mkdir", {"path": path})
+
+
+def names(master: Master, path: str = "/") -> list[str]:
+    listing = http("GET", master.address, f"/v1/fs/list?path={path}")
+    return [entry["name"] for entry in listing["entries"]]
+
+
+def test_three_masters_elect_one_leader_and_report_it_everywhere(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    statuses = [m.status() for m in cluster.masters]
+    assert all(s["leader_http"] == leader.address for s in statuses)
+    roles = sorted(
+        next(member["role"] for member in s["members"] if member["id"] == s["id"]) for s in statuses
+    )
+    assert roles == ["FOLLOWER", "FOLLOWER", "LEADER"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quorumfs",
+            "fs",
+            "masterInfo",
+            "--master",
+            cluster.masters[0].address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert f"current leader master: {leader.address}" in result.stdout
+    # Listed by node id; founding ids follow the sorted --peers list.
+    assert "All masters: [" + ", ".join(sorted(m.address for m in cluster.masters)) + "]" in (
+        result.stdout
+    )
+
+
+def test_namespace_operations_succeed_through_any_master(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    for i, master in enumerate(cluster.masters):
+        mkdir(master, f"/dir{i}")  # a follower forwards the write to the leader
+    for master in cluster.masters:
+        assert names(master) == ["dir0", "dir1", "dir2"]  # reads are linearizable anywhere
+    with pytest.raises(HttpError) as refused:
+        mkdir(leader, "/dir0")
+    assert refused.value.status == 409
+    assert refused.value.body["error"]["code"] == "EEXIST"
+
+
+def test_killing_the_leader_loses_nothing_and_it_catches_up_after_restart(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    for i in range(20):
+        mkdir(leader, f"/before-{i:02d}")
+    leader.kill(signal.SIGKILL)
+    new_leader = cluster.leader()
+    assert new_leader is not leader
+    assert names(new_leader) == [f"before-{i:02d}" for i in range(20)]
+    mkdir(new_leader, "/after")
+    leader.start()  # no --peers: the membership is in its directory
+    leader.wait_serving()
+    assert cluster.leader() is new_leader
+    assert names(leader) == ["after"] + [f"before-{i:02d}" for i in range(20)]
+
+
+def test_all_masters_restarted_at_once_come_back_with_the_namespace(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    for i in range(10):
+        mkdir(leader, f"/d{i}")
+    for master in cluster.masters:
+        master.kill(signal.SIGKILL)
+    for master in cluster.masters:
+        master.start()
+    for master in cluster.masters:
+        master.wait_serving()
+    leader = cluster.leader()
+    assert names(leader) == [f"d{i}" for i in range(10)]
+
+
+def test_masters_are_added_one_at_a_time_then_one_removed(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    mkdir(leader, "/existing")
+    fourth = cluster.add(via=cluster.masters[1])
+    fifth = cluster.add(via=cluster.masters[2])
+
+    def five_voters() -> bool:
+        members = cluster.leader().status()["members"]
+        return len(members) == 5 and all(m["voter"] for m in members)
+
+    wait_for(five_voters, "five voters")
+    assert names(fifth) == ["existing"]
+    assert names(fourth) == ["existing"]
+    status = leader.status()
+    assert status["warnings"] == []
+    token = leader.admin_token()
+    leader_now = cluster.leader()
+    http(
+        "DELETE",
+        leader_now.address,
+        f"/cluster/members/{fourth.status()['id']}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    members = cluster.leader().status()["members"]
+    assert len(members) == 4
+    assert any("even number" in w for w in cluster.leader().status()["warnings"])
+
+
+def test_admin_requests_need_the_token(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    with pytest.raises(HttpError) as refused:
+        http("DELETE", leader.address, "/cluster/members/2")
+    assert refused.value.status == 401
+
+
+def test_a_torn_journal_tail_is_truncated_with_a_warning(tmp_path: Path) -> None:
+    master = Master(tmp_path, "solo", __import__("procs").free_port_pair())
+    master.start()
+    master.wait_serving()
+    wait_for(lambda: master.status()["role"] == "LEADER", "a single master to lead")
+    for i in range(5):
+        mkdir(master, f"/d{i}")
+    master.kill(signal.SIGKILL)
+    segment = sorted((master.mdir / "journal" / "wal").iterdir())[-1]
+    with segment.open("ab") as f:
+        f.write(b"\xa9\x57\x01\x00\x00\x00\x10")  # half a record header: a crash mid-write
+    master.start()
+    master.wait_serving()
+    wait_for(lambda: master.status()["role"] == "LEADER", "the master to lead again")
+    assert names(master) == [f"d{i}" for i in range(5)]
+    assert "torn" in master.log_text().lower()
+
+
+def test_a_corrupt_committed_record_refuses_to_start(tmp_path: Path) -> None:
+    master = Master(tmp_path, "solo", __import__("procs").free_port_pair())
+    master.start()
+    master.wait_serving()
+    wait_for(lambda: master.status()["role"] == "LEADER", "a single master to lead")
+    for i in range(5):
+        mkdir(master, f"/d{i}")
+    master.kill(signal.SIGKILL)
+    segment = sorted((master.mdir / "journal" / "wal").iterdir())[-1]
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside an early record, with valid records after it
+    segment.write_bytes(bytes(data))
+    master.start()
+    assert master.process is not None
+    assert master.process.wait(timeout=20) == 2
+    text = master.log_text()
+    assert str(segment) in text and "offset" in text
+
+
+def test_a_forged_peer_frame_is_refused_and_the_group_keeps_working(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    follower = next(m for m in cluster.masters if m is not leader)
+    with socket.create_connection(("127.0.0.1", follower.port + 10000), timeout=5) as s:
+        s.sendall(b"\x00\x00\x00\x20" + b"forged raft frame, no handshake!")
+        s.settimeout(5)
+        try:
+            while s.recv(4096):
+                pass
+        except OSError:
+            pass
+    wait_for(lambda: "refused" in follower.log_text(), "the refusal to be logged")
+    mkdir(leader, "/still-fine")
+    assert names(follower) == ["still-fine"]
