@@ -40,6 +40,7 @@ from quorumfs.raft import (
     DroppedError,
     EntryType,
     Message,
+    MessageType,
     RawNode,
     Ready,
     Role,
@@ -62,6 +63,10 @@ __all__ = [
 logger = logging.getLogger("quorumfs.raft")
 
 T = TypeVar("T")
+
+_LEADER_ONLY_TYPES = frozenset(
+    {MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP, MessageType.TIMEOUT_NOW}
+)
 
 _PROPOSAL = b"\x01"  # entry payload = _PROPOSAL + 8-byte request id + state machine command
 _REQUEST_ID_BYTES = 8
@@ -139,6 +144,8 @@ class RaftNode:
         self._soft = SoftState()
         self._soft_waiters: list[asyncio.Future[None]] = []  # woken on every role change
         self._role_listeners: list[Callable[[SoftState, int], None]] = []
+        stored, _ = storage.initial_state()
+        self._saved_term_vote = (stored.term, stored.vote)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -318,17 +325,44 @@ class RaftNode:
             self._wake.clear()
             while self.raw.has_ready():
                 rd = self.raw.ready()
-                if rd.must_sync:
+                early, late = self._split_messages(rd)
+                self.transport.send(early)
+                if rd.entries or rd.snapshot is not None or self._vote_changes(rd):
                     await asyncio.to_thread(self._persist, rd)
-                self.transport.send(rd.messages)
+                elif rd.hard_state is not None:
+                    self.storage.save(rd.hard_state, ())  # only the commit index: no fsync due
+                self.transport.send(late)
                 self._apply(rd)
                 self.raw.advance(rd)
                 self._release_applied_waiters()
                 await self._maybe_snapshot()
 
+    def _vote_changes(self, rd: Ready) -> bool:
+        """Does this Ready carry a term or vote not yet on disk (which must be synced first)?"""
+        if rd.hard_state is None:
+            return False
+        return (rd.hard_state.term, rd.hard_state.vote) != self._saved_term_vote
+
+    def _split_messages(self, rd: Ready) -> tuple[list[Message], list[Message]]:
+        """Messages that may leave before this Ready is durable, and those that must wait.
+
+        A leader's appends and heartbeats may go out while it writes the same
+        entries to its own disk (Raft thesis §10.2.1): the leader counts itself
+        towards a commit only once its write is done (``Raft.on_stable``).
+        Everything that vouches for our own durable state waits: votes, and
+        acknowledgements of entries, and anything sent along with a new term or vote.
+        """
+        if not self.is_leader() or self._vote_changes(rd):
+            return [], rd.messages
+        early = [m for m in rd.messages if m.type in _LEADER_ONLY_TYPES]
+        late = [m for m in rd.messages if m.type not in _LEADER_ONLY_TYPES]
+        return early, late
+
     def _persist(self, rd: Ready) -> None:
         self.storage.save(rd.hard_state, rd.entries, rd.snapshot)
         self.storage.sync()
+        if rd.hard_state is not None:
+            self._saved_term_vote = (rd.hard_state.term, rd.hard_state.vote)
 
     def _apply(self, rd: Ready) -> None:
         if rd.soft_state is not None:
