@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: cluster test check pytest sim-long soak bench bench-core lock clean
+.PHONY: cluster test check pytest sim-long soak bench bench-core bench-master bench-namespace lock clean
 
 # The product: a local cluster with embedded defaults.
 cluster: $(STAMP)
@@ -30,10 +30,17 @@ sim-long: $(STAMP)
 # Every long randomized run.
 soak: sim-long
 
-bench: bench-core
+bench: bench-core bench-master bench-namespace
 
 bench-core: $(STAMP)
 	$(BIN)/python bench/raft_core.py
+
+# Journals go under the work tree's disk (not /tmp, which may be tmpfs) so fsync is real.
+bench-master: $(STAMP)
+	$(BIN)/python bench/master_creates.py --dir .
+
+bench-namespace: $(STAMP)
+	$(BIN)/python bench/namespace_1m.py --dir .
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -35,9 +35,23 @@ def start_masters(root: Path, count: int) -> list[subprocess.Popen[bytes]]:
         log = (root / f"m{i}.log").open("wb")
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "quorumfs", "master", "--mdir", str(root / f"m{i}"),
-                 "--port", str(BASE_PORT + i), "--peers", peers, "--log-level", "WARNING"],
-                stdout=log, stderr=log, env=env,
+                [
+                    sys.executable,
+                    "-m",
+                    "quorumfs",
+                    "master",
+                    "--mdir",
+                    str(root / f"m{i}"),
+                    "--port",
+                    str(BASE_PORT + i),
+                    "--peers",
+                    peers,
+                    "--log-level",
+                    "WARNING",
+                ],
+                stdout=log,
+                stderr=log,
+                env=env,
             )
         )
     return processes

@@ -25,11 +25,11 @@ SECRET = "integration-test-secret-0123456789"
 TICK_MS = 20  # fast elections keep the suite quick; the defaults are 50 ms
 
 
-def free_port_pair() -> int:
-    """An HTTP port p with p and p + 10000 both free on 127.0.0.1."""
+def free_port_pair(run: int = 1) -> int:
+    """An HTTP port p with p .. p + run - 1 and each + 10000 free on 127.0.0.1."""
     for _ in range(200):
         port = random.randint(20000, 45000)
-        if _free(port) and _free(port + 10000):
+        if all(_free(p) and _free(p + 10000) for p in range(port, port + run)):
             return port
     raise RuntimeError("no free port pair")
 

@@ -1,0 +1,36 @@
+"""``quorumfs local`` (the README's first command) starts a working cluster and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from procs import free_port_pair, http
+
+
+def test_local_starts_three_masters_that_serve_and_stops_cleanly(tmp_path: Path) -> None:
+    base = free_port_pair(run=3)
+    command = [sys.executable, "-m", "quorumfs", "local", "--dir", str(tmp_path), "--base-port",
+               str(base)]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        text = "".join(lines)
+        assert "cluster is up" in text, text
+        http("POST", f"127.0.0.1:{base}", "/v1/fs/mkdir", {"path": "/hello"})
+        for port in (base, base + 1, base + 2):  # every master serves the same namespace
+            listing = http("GET", f"127.0.0.1:{port}", "/v1/fs/list?path=/")
+            assert [e["name"] for e in listing["entries"]] == ["hello"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    assert sorted(p.name for p in tmp_path.glob("master*.log")) == [
+        "master1.log", "master2.log", "master3.log"
+    ]  # fmt: skip
