@@ -143,6 +143,13 @@ class Master:
         result: dict[str, Any] = http("GET", self.address, "/cluster/status", timeout=2)
         return result
 
+    def role(self) -> str | None:
+        """This master's role, or None while it does not answer (for polling)."""
+        try:
+            return str(self.status()["role"])
+        except (OSError, HttpError):
+            return None
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

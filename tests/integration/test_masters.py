@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procs import Cluster, HttpError, Master, http, wait_for
+from procs import Cluster, HttpError, Master, free_port_pair, http, wait_for
 
 
 @pytest.fixture
@@ -136,33 +136,31 @@ def test_admin_requests_need_the_token(cluster: Cluster) -> None:
     assert refused.value.status == 401
 
 
-def test_a_torn_journal_tail_is_truncated_with_a_warning(tmp_path: Path) -> None:
-    master = Master(tmp_path, "solo", __import__("procs").free_port_pair())
+def _killed_master_with_five_dirs(tmp_path: Path) -> tuple[Master, Path]:
+    """A group of one that made /d0../d4 durable, then SIGKILLed; and its newest segment."""
+    master = Master(tmp_path, "solo", free_port_pair())
     master.start()
     master.wait_serving()
-    wait_for(lambda: master.status()["role"] == "LEADER", "a single master to lead")
+    wait_for(lambda: master.role() == "LEADER", "a single master to lead")
     for i in range(5):
         mkdir(master, f"/d{i}")
     master.kill(signal.SIGKILL)
-    segment = sorted((master.mdir / "journal" / "wal").iterdir())[-1]
+    return master, sorted((master.mdir / "journal" / "wal").iterdir())[-1]
+
+
+def test_a_torn_journal_tail_is_truncated_with_a_warning(tmp_path: Path) -> None:
+    master, segment = _killed_master_with_five_dirs(tmp_path)
     with segment.open("ab") as f:
         f.write(b"\xa9\x57\x01\x00\x00\x00\x10")  # half a record header: a crash mid-write
     master.start()
     master.wait_serving()
-    wait_for(lambda: master.status()["role"] == "LEADER", "the master to lead again")
+    wait_for(lambda: master.role() == "LEADER", "the master to lead again")
     assert names(master) == [f"d{i}" for i in range(5)]
     assert "torn" in master.log_text().lower()
 
 
 def test_a_corrupt_committed_record_refuses_to_start(tmp_path: Path) -> None:
-    master = Master(tmp_path, "solo", __import__("procs").free_port_pair())
-    master.start()
-    master.wait_serving()
-    wait_for(lambda: master.status()["role"] == "LEADER", "a single master to lead")
-    for i in range(5):
-        mkdir(master, f"/d{i}")
-    master.kill(signal.SIGKILL)
-    segment = sorted((master.mdir / "journal" / "wal").iterdir())[-1]
+    master, segment = _killed_master_with_five_dirs(tmp_path)
     data = bytearray(segment.read_bytes())
     data[len(data) // 3] ^= 0xFF  # inside an early record, with valid records after it
     segment.write_bytes(bytes(data))

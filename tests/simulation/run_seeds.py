@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from scenarios import config_for
-from simulator import describe_failure, run_seed
+from simulator import FAULT_COUNTERS, describe_failure, run_seed
 
 BATCH = 50
 
@@ -63,16 +63,7 @@ def main() -> int:
     print(f"simulated ticks:    {totals['steps'] // 10}")
     print(f"operations checked: {totals['ops_ok']} ok + {totals['ops_unknown']} unknown outcome")
     print(f"leader changes:     {totals['leader_changes']}")
-    for fault in (
-        "messages_dropped",
-        "messages_duplicated",
-        "partitions",
-        "crashes",
-        "torn_crashes",
-        "membership_changes",
-        "transfers",
-        "snapshots_sent",
-    ):
+    for fault in FAULT_COUNTERS:
         print(f"  {fault + ':':22s}{totals[fault]}")
     for failure in failures:
         print(f"\nFAILED {failure}")

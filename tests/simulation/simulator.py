@@ -162,6 +162,19 @@ class _PendingOp:
     node: int
 
 
+FAULT_COUNTERS = (
+    "messages_dropped",
+    "messages_duplicated",
+    "partitions",
+    "crashes",
+    "torn_crashes",
+    "membership_changes",
+    "transfers",
+    "snapshots_sent",
+)
+"""The ``Stats`` fields that count injected faults (and the snapshots they force)."""
+
+
 @dataclass
 class Stats:
     steps: int = 0
@@ -178,16 +191,6 @@ class Stats:
     ops_ok: int = 0
     ops_unknown: int = 0
     ops_failed: int = 0
-
-    def faults_injected(self) -> int:
-        return (
-            self.messages_dropped
-            + self.messages_duplicated
-            + self.partitions
-            + self.crashes
-            + self.membership_changes
-            + self.transfers
-        )
 
 
 class SimNode:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from scenarios import config_for
-from simulator import Simulation, describe_failure, run_seed
+from simulator import FAULT_COUNTERS, Simulation, describe_failure, run_seed
 
 DEFAULT_SEEDS = 500
 
@@ -37,16 +37,7 @@ def test_runs_exercise_every_kind_of_fault() -> None:
         stats = run_seed(config_for(seed))
         for name, value in vars(stats).items():
             totals[name] = totals.get(name, 0) + value
-    for fault in (
-        "messages_dropped",
-        "messages_duplicated",
-        "partitions",
-        "crashes",
-        "torn_crashes",
-        "membership_changes",
-        "transfers",
-        "snapshots_sent",
-    ):
+    for fault in FAULT_COUNTERS:
         assert totals[fault] > 0, fault
     assert totals["leader_changes"] > 40
     assert totals["ops_ok"] > 10_000

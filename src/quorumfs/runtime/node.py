@@ -270,12 +270,12 @@ class RaftNode:
         self._wake.set()
         try:
             async with asyncio.timeout(timeout):
-                while self._soft.leader != target:
+                while self.leader != target:
                     await self._next_role_change()
         except TimeoutError as error:
             raise UnavailableError(
                 f"node {target} did not take over within {timeout:g} s "
-                f"(the leader is {self._soft.leader or 'unknown'})"
+                f"(the leader is {self.leader or 'unknown'})"
             ) from error
         return target
 
@@ -295,10 +295,11 @@ class RaftNode:
 
     @property
     def leader(self) -> int:
-        return self._soft.leader
+        """The leader as the core knows it now (not as of the last Ready processed)."""
+        return self.raw.raft.lead
 
     def is_leader(self) -> bool:
-        return self._soft.role is Role.LEADER
+        return self.raw.raft.role is Role.LEADER
 
     # -- the clock ---------------------------------------------------------------------
 
@@ -434,8 +435,8 @@ class RaftNode:
         logger.info("node %d: snapshot at %d (%d bytes); log compacted", self.id, index, len(image))
 
     def _require_leader(self) -> None:
-        if self._soft.role is not Role.LEADER:
-            raise NotLeaderError(self._soft.leader)
+        if not self.is_leader():
+            raise NotLeaderError(self.leader)
 
 
 def _resolve(future: asyncio.Future[T], value: T) -> None:
