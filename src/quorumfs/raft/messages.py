@@ -150,8 +150,6 @@ class MessageType(enum.IntEnum):
     # Local messages: never sent over the network.
     HUP = 0
     """Start an election (pre-vote first when enabled). ``context`` may be CAMPAIGN_TRANSFER."""
-    BEAT = 1
-    """Leader: send heartbeats now."""
     PROP = 2
     """Propose ``entries``; forwarded to the leader when ``disable_proposal_forwarding`` is off."""
     TRANSFER_LEADER = 3

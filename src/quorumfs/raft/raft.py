@@ -927,7 +927,7 @@ class Raft:
         self.msgs.append(msgspec.structs.replace(m, **stamp) if stamp else m)
 
 
-_LOCAL = frozenset({M.HUP, M.BEAT, M.PROP, M.TRANSFER_LEADER, M.UNREACHABLE})
+_LOCAL = frozenset({M.HUP, M.PROP, M.TRANSFER_LEADER, M.UNREACHABLE})
 # Forwarded requests carry no term: they are valid whatever term the receiver is in.
 _TERMLESS = frozenset({M.PROP, M.READ_INDEX, M.TRANSFER_LEADER})
 

@@ -128,8 +128,8 @@ class RawNode:
 
     def step(self, m: Message) -> None:
         """Deliver a message from a peer. Local message types are refused."""
-        if m.type in (MessageType.HUP, MessageType.BEAT):
-            raise ValueError(f"{m.type.name} is local; use campaign() or tick()")
+        if m.type is MessageType.HUP:
+            raise ValueError("HUP is local; use campaign()")
         self.raft.step(m)
 
     def read_index(self, context: bytes) -> None:
