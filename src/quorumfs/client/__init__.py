@@ -1,0 +1,77 @@
+"""The Python client of quorumfs: the masters' namespace API, async first, plus a sync facade.
+
+Owns how a program talks to a group of masters as if it were one server: find
+the leader (from a list of masters, or any ``MasterSource``), follow redirects,
+ride through a leader change with retries bounded by a deadline, never repeat a
+write that is not safe to repeat, and raise one typed exception per outcome
+(``errors``). What each endpoint does is the masters' business
+(``quorumfs.master.http_api`` and its ``openapi.json``).
+
+::
+
+    from quorumfs.client import MasterClient, NotFound
+
+    with MasterClient("127.0.0.1:9333,127.0.0.1:9334,127.0.0.1:9335") as fs:
+        fs.mkdir("/data/raw", parents=True)
+        fs.create("/data/raw/a.csv")
+        try:
+            fs.stat("/data/missing")
+        except NotFound:  # also a FileNotFoundError
+            ...
+
+``AsyncMasterClient`` has the same methods as coroutines (``async with``).
+"""
+
+from quorumfs.master.contract import ClusterStatus
+from quorumfs.master.http_api import DeleteResponse, RenameResponse
+from quorumfs.master.results import DirEntry, Kind, Stat, Totals
+
+from ._async import AsyncMasterClient, MasterInfo, RetryPolicy
+from ._sources import MasterSource, StaticMasters, parse_address, parse_masters
+from ._sync import MasterClient
+from .errors import (
+    AlreadyExists,
+    Conflict,
+    DirectoryNotEmpty,
+    InvalidArgument,
+    IsADirectory,
+    NameTooLong,
+    NotADirectory,
+    NotFound,
+    OutcomeUnknown,
+    PermissionDenied,
+    ProtocolError,
+    QuorumfsError,
+    Unavailable,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "AsyncMasterClient",
+    "ClusterStatus",
+    "Conflict",
+    "DeleteResponse",
+    "DirEntry",
+    "DirectoryNotEmpty",
+    "InvalidArgument",
+    "IsADirectory",
+    "Kind",
+    "MasterClient",
+    "MasterInfo",
+    "MasterSource",
+    "NameTooLong",
+    "NotADirectory",
+    "NotFound",
+    "OutcomeUnknown",
+    "PermissionDenied",
+    "ProtocolError",
+    "QuorumfsError",
+    "RenameResponse",
+    "RetryPolicy",
+    "Stat",
+    "StaticMasters",
+    "Totals",
+    "Unavailable",
+    "parse_address",
+    "parse_masters",
+]
