@@ -654,16 +654,27 @@ def test_rename_and_plain_mkdir_are_never_repeated(drop: Drop) -> None:
     run(test)
 
 
-def test_a_503_on_a_risky_write_is_outcome_unknown() -> None:
+def test_a_503_etimedout_on_a_risky_write_is_outcome_unknown() -> None:
+    async def test() -> None:
+        async with scripted(error_answer(503, "ETIMEDOUT"), Canned(200, STAT_BODY, {})) as master:
+            async with AsyncMasterClient([master.address], policy=FAST) as client:
+                with pytest.raises(OutcomeUnknown) as raised:
+                    await client.create("/f", exclusive=True)
+                assert "ETIMEDOUT" in raised.value.reason
+            assert master.seen == [Seen("POST", "/v1/fs/create")]  # never sent again
+
+    run(test)
+
+
+def test_a_503_eagain_proves_nothing_was_done_so_a_risky_write_is_retried() -> None:
     async def test() -> None:
         async with running(FakeCluster()) as cluster:
             async with AsyncMasterClient(cluster.addresses(), policy=FAST) as client:
                 await client.stat("/")
                 cluster[1].unavailable = 1
-                with pytest.raises(OutcomeUnknown) as raised:
-                    await client.create("/f", exclusive=True)
-                assert "EAGAIN" in raised.value.reason
-            assert cluster[1].posts() == ["/v1/fs/create"]
+                stat = await client.create("/f", exclusive=True)
+                assert stat.kind == "file"
+            assert cluster[1].posts() == ["/v1/fs/create", "/v1/fs/create"]
 
     run(test)
 

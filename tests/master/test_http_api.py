@@ -32,6 +32,7 @@ from quorumfs.master.contract import (
     MemberInfo,
     MemberRole,
     NotLeaderError,
+    OutcomeUnknownError,
     RejectedError,
     ServiceUnavailableError,
 )
@@ -482,6 +483,18 @@ def test_no_leader_is_a_503_with_retry_after() -> None:
     run(test)
 
 
+def test_a_write_whose_outcome_is_unknown_is_a_503_etimedout() -> None:
+    async def test() -> None:
+        service = FakeService()
+        service.unavailable = OutcomeUnknownError("leadership was lost before the reply")
+        async with serve(service) as client:
+            answer = await call(client, "POST", "/v1/fs/mkdir", {"path": "/a"})
+            error = assert_error(answer, 503, "ETIMEDOUT", mentions="leadership was lost")
+            assert "may or may not" in error["message"]
+
+    run(test)
+
+
 def test_every_request_is_bounded_by_the_request_timeout() -> None:
     async def test() -> None:
         service = FakeService()
@@ -609,8 +622,9 @@ def test_an_unreachable_leader_is_a_503() -> None:
         follower.leader_address = f"127.0.0.1:{closed_port()}"
         async with serve(follower) as client:
             answer = await call(client, "POST", "/v1/fs/mkdir", {"path": "/a"})
+            # No connection to the leader: nothing was sent, so nothing was done.
             error = assert_error(answer, 503, "EAGAIN", mentions=follower.leader_address)
-            assert "may or may not" in error["message"]
+            assert "nothing was done" in error["message"]
             assert answer.headers["Retry-After"] == "1"
 
     run(test)

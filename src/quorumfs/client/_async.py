@@ -25,12 +25,13 @@ Theory of operation (``_request``):
 
    - an answer other than 503: return it, or raise its typed error;
    - *nothing was done*: no connection (refused, or not made within
-     ``connect_timeout``), a redirect loop, a 503 ``ELOOP``, or any failure of
-     a read. Penalize the master and try another;
+     ``connect_timeout``), a redirect loop, a 503 ``ELOOP`` or ``EAGAIN`` (the
+     write was never proposed), or any failure of a read. Penalize the master
+     and try another;
    - *maybe done*: a write was sent and no answer came (the connection dropped,
-     ``request_timeout`` passed), or a write was answered 503 (``EAGAIN`` or
-     ``ETIMEDOUT``: the leader may have lost its quorum mid-commit; the API does
-     not say whether it had proposed). A write that is not safe to repeat raises
+     ``request_timeout`` passed), or a write was answered 503 ``ETIMEDOUT`` (it
+     was proposed and the leader lost its quorum or leadership before the
+     commit was known). A write that is not safe to repeat raises
      ``OutcomeUnknown`` at once; a call that is safe to repeat is retried.
    - a 500 (a bug in the master, ``EIO``) is not retried: ``OutcomeUnknown`` for
      a write (it may have failed after the commit), ``QuorumfsError`` for a read.
@@ -128,9 +129,10 @@ logger = logging.getLogger("quorumfs.client")
 
 T = TypeVar("T")
 
-_NOTHING_DONE_CODES: Final = frozenset({ApiErrorCode.ELOOP.value})
-"""503 codes that guarantee a write was not carried out: a forwarded request refused by a
-master that is not the leader, before it reached the service."""
+_NOTHING_DONE_CODES: Final = frozenset({ApiErrorCode.ELOOP.value, ApiErrorCode.EAGAIN.value})
+"""503 codes that guarantee a write was not carried out: no leader or quorum (EAGAIN: the
+write was never proposed), or a forwarded request refused by a master that is not the
+leader (ELOOP). ETIMEDOUT means the outcome is unknown."""
 _REDIRECTS: Final = frozenset({307, 308})
 _MIN_ATTEMPT: Final = 0.05
 """Seconds: an attempt (or a redirect hop) is not started with less time left before the

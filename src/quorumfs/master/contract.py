@@ -26,6 +26,7 @@ __all__ = [
     "MemberInfo",
     "MemberRole",
     "NotLeaderError",
+    "OutcomeUnknownError",
     "RejectedError",
     "ServiceUnavailableError",
 ]
@@ -84,12 +85,17 @@ class NotLeaderError(Exception):
 
 
 class ServiceUnavailableError(Exception):
-    """No leader or no quorum right now; the client should retry after ``retry_after`` s."""
+    """No leader or no quorum right now, and nothing was done: retry after ``retry_after`` s."""
 
     def __init__(self, reason: str, retry_after: float = 1.0) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class OutcomeUnknownError(ServiceUnavailableError):
+    """A write was proposed but its outcome could not be learned in time (leadership
+    lost, or no commit before the deadline): it may or may not be applied."""
 
 
 class RejectedError(Exception):

@@ -64,6 +64,7 @@ from .contract import (
     MemberInfo,
     MemberRole,
     NotLeaderError,
+    OutcomeUnknownError,
     RejectedError,
     ServiceUnavailableError,
 )
@@ -136,9 +137,10 @@ class ApiErrorCode(enum.StrEnum):
     EACCES     401    an admin operation without a valid bearer token
     ENOSYS     404    no such endpoint (405 when the path exists, not the method)
     E2BIG      413    the request body is larger than the server accepts
-    EAGAIN     503    no leader or no quorum right now: retry after Retry-After
-    ETIMEDOUT  503    not done within the request timeout; a write's outcome is
-                      unknown (it may still be applied)
+    EAGAIN     503    no leader or no quorum right now, and nothing was done: retry
+                      after Retry-After (a write too: it was not applied)
+    ETIMEDOUT  503    a write's outcome is unknown (leadership was lost, or the
+                      request timed out): it may or may not be applied
     ELOOP      503    a forwarded request reached a master that is not the leader
     EIO        500    a bug: the exception is in the master's log
     ========== ====== ===========================================================
@@ -414,6 +416,12 @@ class _Api:
             return _http_exception(request, exc)
         except RejectedError as exc:
             return _rejected(exc).response()
+        except OutcomeUnknownError as exc:
+            return _ApiError.unavailable(
+                ApiErrorCode.ETIMEDOUT,
+                f"{exc.reason}; the operation may or may not have been applied: check, then retry",
+                exc.retry_after,
+            ).response()
         except ServiceUnavailableError as exc:
             return _ApiError.unavailable(
                 ApiErrorCode.EAGAIN, f"{exc.reason}; retry shortly", exc.retry_after
@@ -497,14 +505,19 @@ class _Api:
                     if name in answer.headers:
                         relayed[name] = answer.headers[name]
                 return web.Response(status=answer.status, body=answer_body, headers=relayed)
-        except aiohttp.ClientError as exc:
-            # Only writes and admin operations get here. A refused connection means nothing
-            # was sent, but one lost mid-answer leaves the outcome unknown: say both.
+        except aiohttp.ClientConnectorError as exc:
+            # Only writes and admin operations get here. No connection: nothing was sent.
             raise _ApiError.unavailable(
                 ApiErrorCode.EAGAIN,
-                f"could not forward the request to the leader {leader} "
-                f"({str(exc) or type(exc).__name__}); if it reached the leader, the operation "
-                "may or may not have been applied: check, then retry",
+                f"could not reach the leader {leader} ({str(exc) or type(exc).__name__}); "
+                "nothing was done: retry shortly",
+            ) from None
+        except aiohttp.ClientError as exc:
+            # Sent, but the answer was lost: the leader may have applied it.
+            raise _ApiError.unavailable(
+                ApiErrorCode.ETIMEDOUT,
+                f"lost the leader {leader}'s answer ({str(exc) or type(exc).__name__}); "
+                "the operation may or may not have been applied: check, then retry",
             ) from None
 
     async def write(

@@ -17,7 +17,8 @@ from typing import Any
 
 from quorumfs.raft import ConfChange, ConfChangeType, Role
 from quorumfs.runtime.node import NotLeaderError as NodeNotLeaderError
-from quorumfs.runtime.node import OutcomeUnknownError, RaftNode, UnavailableError
+from quorumfs.runtime.node import OutcomeUnknownError as NodeOutcomeUnknownError
+from quorumfs.runtime.node import RaftNode, UnavailableError
 
 from .commands import Command, encode_command
 from .contract import (
@@ -25,6 +26,7 @@ from .contract import (
     MemberInfo,
     MemberRole,
     NotLeaderError,
+    OutcomeUnknownError,
     RejectedError,
     ServiceUnavailableError,
 )
@@ -90,7 +92,9 @@ class RaftMasterService:
             return await awaitable
         except NodeNotLeaderError as error:
             raise NotLeaderError(self.leader_http()) from error
-        except (UnavailableError, OutcomeUnknownError, TimeoutError) as error:
+        except NodeOutcomeUnknownError as error:
+            raise OutcomeUnknownError(str(error)) from error
+        except (UnavailableError, TimeoutError) as error:
             reason = str(error) or "no quorum in time"
             raise ServiceUnavailableError(reason) from error
 
