@@ -134,6 +134,8 @@ def test_admin_requests_need_the_token(cluster: Cluster) -> None:
     with pytest.raises(HttpError) as refused:
         http("DELETE", leader.address, "/cluster/members/2")
     assert refused.value.status == 401
+    for name in ("cluster.secret", "admin.token"):  # only their owner may read them
+        assert (leader.mdir / name).stat().st_mode & 0o777 == 0o600
 
 
 def _killed_master_with_five_dirs(tmp_path: Path) -> tuple[Master, Path]:

@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import signal
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from quorumfs.raft import Config, ReadOnlyOption, bootstrap_log
 from quorumfs.runtime.node import NodeOptions, RaftNode
 from quorumfs.runtime.transport import RaftTransport
 from quorumfs.runtime.wal import DiskStorage
+from quorumfs.runtime.wal.fileio import Durability, atomic_write
 
 from .contract import RAFT_PORT_OFFSET
 from .http_api import build_app
@@ -116,18 +116,8 @@ def _split(address: str) -> tuple[str, int]:
 
 
 def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write a file only its owner can read (secrets), atomically and durably."""
+    atomic_write(path, text.encode(), Durability(), mode=0o600)
 
 
 class _MasterDirectory:

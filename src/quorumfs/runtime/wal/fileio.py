@@ -57,11 +57,12 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def atomic_write(path: Path, data: bytes, durability: Durability) -> None:
+def atomic_write(path: Path, data: bytes, durability: Durability, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` durably: readers after a crash see old or new."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
+        os.fchmod(fd, mode)  # a temp file left by a crash keeps its old mode otherwise
         write_all(fd, data)
         durability.fsync(fd)
     finally:
