@@ -77,18 +77,20 @@ def local(
         leader = None
         deadline = time.monotonic() + 30
         while leader is None and not stopping and time.monotonic() < deadline:
-            for process, address in zip(processes, addresses, strict=True):
+            seen = set()
+            for i, (process, address) in enumerate(zip(processes, addresses, strict=True), 1):
                 if process.poll() is not None:
                     console.print(
                         f"[red]error:[/red] the master at {address} exited "
-                        f"(code {process.returncode}); see {directory}/master"
-                        f"{addresses.index(address) + 1}.log"
+                        f"(code {process.returncode}); see {directory}/master{i}.log"
                     )
                     raise typer.Exit(code=1)
                 status = _status(address)
-                if status is not None and status.get("leader_http"):
-                    leader = str(status["leader_http"])
-            time.sleep(0.1)
+                seen.add(status.get("leader_http") if status is not None else None)
+            if len(seen) == 1 and None not in seen:  # every master knows the same leader
+                leader = str(seen.pop())
+            else:
+                time.sleep(0.1)
         if leader is None:
             if not stopping:
                 console.print(f"[red]error:[/red] no leader within 30 s; see {directory}/*.log")
