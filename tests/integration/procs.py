@@ -163,11 +163,23 @@ class Cluster:
         self.masters = [Master(root, f"m{i}", free_port_pair()) for i in range(1, size + 1)]
 
     def start(self) -> None:
-        peers = ",".join(m.address for m in self.masters)
-        for master in self.masters:
-            master.start("--peers", peers)
-        for master in self.masters:
-            master.wait_serving()
+        """Found the group; if a port was taken meanwhile (by a parallel test), re-pick ports."""
+        for attempt in range(3):
+            peers = ",".join(m.address for m in self.masters)
+            for master in self.masters:
+                master.start("--peers", peers)
+            try:
+                for master in self.masters:
+                    master.wait_serving()
+                return
+            except AssertionError as error:
+                if "cannot listen" not in str(error) or attempt == 2:
+                    raise
+                self.stop()
+                self.masters = [
+                    Master(self.root, f"m{i}-retry{attempt}", free_port_pair())
+                    for i in range(1, len(self.masters) + 1)
+                ]
 
     def add(self, via: Master) -> Master:
         master = Master(self.root, f"m{len(self.masters) + 1}", free_port_pair())

@@ -12,6 +12,7 @@ import uvloop
 from rich.console import Console
 
 from quorumfs.master.server import SECRET_ENV, MasterOptions, MasterStartupError, run_master
+from quorumfs.runtime.transport import ListenError
 from quorumfs.runtime.wal import CorruptLogError, JournalInUseError
 
 
@@ -66,6 +67,6 @@ def master(
         # that much on every commit's critical path.
         sys.setswitchinterval(0.0005)
         uvloop.run(run_master(options, started=console.print))
-    except (MasterStartupError, CorruptLogError, JournalInUseError) as error:
+    except (MasterStartupError, CorruptLogError, JournalInUseError, ListenError) as error:
         console.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(code=2) from error
