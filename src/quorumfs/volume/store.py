@@ -105,8 +105,6 @@ and pin the file, then pread without any lock, concurrently with appends.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import functools
 import logging
 import os
@@ -116,6 +114,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Protocol, Self, runtime_checkable
+
+from quorumfs.fslock import try_lock
 
 from .errors import (
     ChecksumMismatchError,
@@ -356,17 +356,12 @@ def _check_range(chunk_id: int, size: int, offset: int, length: int | None) -> t
 
 
 def _lock_dir(directory: Path) -> int:
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StoreInUseError(
-                f"chunk store {directory} is in use by another process (it holds the lock on "
-                f"{directory / LOCK_FILE}); stop that volume server first"
-            ) from exc
-        raise
+    fd = try_lock(directory / LOCK_FILE)
+    if fd is None:
+        raise StoreInUseError(
+            f"chunk store {directory} is in use by another process (it holds the lock on "
+            f"{directory / LOCK_FILE}); stop that volume server first"
+        )
     return fd
 
 

@@ -53,8 +53,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import threading
@@ -63,6 +61,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
+from quorumfs.fslock import try_lock
 from quorumfs.raft.messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 from quorumfs.raft.storage import (
     CompactedError,
@@ -548,17 +547,12 @@ def _make_dirs(directory: Path, durability: Durability) -> None:
 
 
 def _lock(directory: Path) -> int:
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise JournalInUseError(
-                f"journal {directory} is in use by another process (it holds the lock on "
-                f"{directory / LOCK_FILE}); stop that master first"
-            ) from exc
-        raise
+    fd = try_lock(directory / LOCK_FILE)
+    if fd is None:
+        raise JournalInUseError(
+            f"journal {directory} is in use by another process (it holds the lock on "
+            f"{directory / LOCK_FILE}); stop that master first"
+        )
     return fd
 
 
