@@ -22,14 +22,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 import quorumfs.master
 from quorumfs.master.commands import (
     AllocateChunkIds,
-    AllocateVolumeId,
     Chunk,
     Command,
     CommitContent,
     Create,
     Delete,
     Mkdir,
+    RegisterVolume,
     Rename,
+    ReplaceChunkReplicas,
     SetAttr,
     decode_command,
     encode_command,
@@ -143,7 +144,7 @@ def populated() -> Namespace:
     volumes 1 and 2; chunk ids 4 to 7 allocated but unused."""
     namespace = Namespace()
     for _ in range(2):
-        namespace.apply(AllocateVolumeId()).unwrap()
+        namespace.apply(RegisterVolume(address="10.0.0.1:8080")).unwrap()
     for directory in ("/docs", "/empty", "/tree/a/b"):
         namespace.apply(mkdir(directory, parents=True)).unwrap()
     for file in ("/docs/readme", "/notes", "/tree/a/b/leaf"):
@@ -714,11 +715,12 @@ def test_allocated_ids_are_consecutive_and_never_reused() -> None:
     namespace = Namespace()
     assert namespace.apply(AllocateChunkIds(count=3)).unwrap().chunk_ids == (1, 2, 3)
     assert namespace.apply(AllocateChunkIds(count=1)).unwrap().chunk_ids == (4,)
-    volumes = [namespace.apply(AllocateVolumeId()).unwrap().volume_id for _ in range(3)]
+    register = RegisterVolume(address="10.0.0.1:8080")
+    volumes = [namespace.apply(register).unwrap().volume_id for _ in range(3)]
     assert volumes == [1, 2, 3]
     restored = Namespace.restore(namespace.snapshot())
     assert restored.apply(AllocateChunkIds(count=2)).unwrap().chunk_ids == (5, 6)
-    assert restored.apply(AllocateVolumeId()).unwrap().volume_id == 4
+    assert restored.apply(RegisterVolume(address="10.0.0.1:8080")).unwrap().volume_id == 4
     assert restored.apply(mkdir("/d")).unwrap().inode == 2
 
 
@@ -765,7 +767,12 @@ EVERY_COMMAND: list[Command] = [
     SetAttr(path="/a"),
     commit("/a/f", (chunk(1, 0, 64 << 20, (1, 2, 3)),), expected_version=4, expected_inode=9),
     AllocateChunkIds(count=7),
-    AllocateVolumeId(),
+    RegisterVolume(address="10.0.0.1:8080"),
+    RegisterVolume(address="[::1]:8080", volume_id=3),
+    ReplaceChunkReplicas(chunk_id=4, expected=(1, 2), volume_ids=(2, 3)),
+    CommitContent(
+        path="/n", chunks=(), size=0, mtime=1, create=True, mode=0o600, owner="o", replication=3
+    ),
 ]
 
 
@@ -827,31 +834,34 @@ def _tampered(data: bytes, change: Any) -> bytes:
     return msgspec.msgpack.encode(image)
 
 
-# Image layout: [format, next_inode, next_chunk, next_volume, inode_ids, inodes];
+# Image layout: [format, next_inode, next_chunk, next_volume, volumes, inode_ids, inodes];
 # a directory is [0, mode, mtime, owner, children], a file [1, mode, ..., chunks].
 TAMPERINGS = [
     pytest.param(lambda image: image.__setitem__(0, 99), "format 99", id="unknown-format"),
-    pytest.param(lambda image: image[4].pop(), "number of inode ids", id="ids-and-inodes-differ"),
-    pytest.param(lambda image: image[4].__setitem__(1, 1), "twice", id="duplicate-inode-id"),
+    pytest.param(lambda image: image[5].pop(), "number of inode ids", id="ids-and-inodes-differ"),
+    pytest.param(lambda image: image[5].__setitem__(1, 1), "twice", id="duplicate-inode-id"),
     pytest.param(
         lambda image: image.__setitem__(1, 2), "next inode id", id="inode-id-not-allocated"
     ),
     pytest.param(
-        lambda image: image[5][0][4].__setitem__("ghost", 77), "not a tree", id="missing-child"
+        lambda image: image[6][0][4].__setitem__("ghost", 77), "not a tree", id="missing-child"
     ),
     pytest.param(
-        lambda image: image[5][0][4].__setitem__("again", image[5][0][4]["docs"]),
+        lambda image: image[6][0][4].__setitem__("again", image[6][0][4]["docs"]),
         "not a tree",
         id="two-parents",
     ),
-    pytest.param(lambda image: image[5][0][4].pop("empty"), "outside the tree", id="orphan"),
-    pytest.param(lambda image: image[5][0].__setitem__(0, 1), "snapshot", id="root-is-a-file"),
+    pytest.param(lambda image: image[6][0][4].pop("empty"), "outside the tree", id="orphan"),
+    pytest.param(lambda image: image[6][0].__setitem__(0, 1), "snapshot", id="root-is-a-file"),
     pytest.param(
         lambda image: image.__setitem__(2, 3), "unallocated chunk", id="chunk-not-allocated"
     ),
     pytest.param(
-        lambda image: image.__setitem__(3, 2), "unknown volume", id="volume-not-allocated"
+        lambda image: (image.__setitem__(3, 2), image[4].pop()),
+        "unknown volume",
+        id="volume-not-allocated",
     ),
+    pytest.param(lambda image: image[4].pop(), "volumes are not exactly", id="volume-missing"),
 ]
 
 
@@ -865,7 +875,7 @@ def test_restore_refuses_an_inconsistent_snapshot(
 
 def test_restore_refuses_a_chunk_in_two_files(ns: Namespace) -> None:
     def share_chunk(image: Any) -> None:
-        files = [inode for inode in image[5] if inode[0] == 1]
+        files = [inode for inode in image[6] if inode[0] == 1]
         files[1][7] = files[0][7]  # two files, same chunk list
 
     with pytest.raises(SnapshotError, match="two files"):
@@ -876,7 +886,7 @@ def test_restore_refuses_bytes_that_are_not_a_snapshot() -> None:
     with pytest.raises(SnapshotError, match="not a namespace snapshot"):
         Namespace.restore(b"not msgpack at all \xc1")
     with pytest.raises(SnapshotError):
-        Namespace.restore(encode_command(AllocateVolumeId()))
+        Namespace.restore(encode_command(RegisterVolume(address="10.0.0.1:8080")))
 
 
 # -------------------------------------------------------------- randomized
@@ -942,7 +952,7 @@ ANY_COMMANDS: st.SearchStrategy[Command] = st.one_of(
     commit_commands(),
     commit_commands(),
     st.builds(AllocateChunkIds, count=st.integers(0, 3)),
-    st.just(AllocateVolumeId()),
+    st.just(RegisterVolume(address="10.0.0.1:8080")),
 )
 
 
@@ -957,8 +967,8 @@ def assert_same_answers(one: Namespace, other: Namespace) -> None:
 
 
 SEED_COMMANDS: list[Command] = [
-    AllocateVolumeId(),
-    AllocateVolumeId(),
+    RegisterVolume(address="10.0.0.1:8080"),
+    RegisterVolume(address="10.0.0.1:8080"),
     AllocateChunkIds(count=3),
     mkdir("/a/a", parents=True),
     mkdir("/é"),
@@ -1160,7 +1170,7 @@ class NamespaceAgainstModel(RuleBasedStateMachine):
     @initialize()
     def add_volumes(self) -> None:
         for _ in range(2):
-            self.run(AllocateVolumeId()).unwrap()
+            self.run(RegisterVolume(address="10.0.0.1:8080")).unwrap()
 
     # Paths are drawn mostly from what exists (or could be made next), so that commands
     # succeed often enough to build deep trees; any valid path stays possible.
@@ -1287,3 +1297,123 @@ def test_the_state_machine_imports_no_io_clock_randomness_or_raft(module: str) -
         elif isinstance(node, ast.ImportFrom):
             assert node.module in STATE_MACHINE_MODULES, f"{module} imports .{node.module}"
     assert imported <= ALLOWED_IMPORTS, f"{module} imports {imported - ALLOWED_IMPORTS}"
+
+
+# ------------------------------------------- volumes, replicas, commit-and-create
+
+
+def test_register_volume_assigns_ids_and_updates_addresses() -> None:
+    namespace = Namespace()
+    first = namespace.apply(RegisterVolume(address="10.0.0.1:8080")).unwrap()
+    second = namespace.apply(RegisterVolume(address="10.0.0.2:8080")).unwrap()
+    assert (first.volume_id, second.volume_id) == (1, 2)
+    moved = namespace.apply(RegisterVolume(address="10.0.0.9:8081", volume_id=1)).unwrap()
+    assert moved.volume_id == 1
+    assert namespace.volumes() == {1: "10.0.0.9:8081", 2: "10.0.0.2:8080"}
+    restored = Namespace.restore(namespace.snapshot())
+    assert restored.volumes() == namespace.volumes()
+    assert restored.apply(RegisterVolume(address="10.0.0.3:8080")).unwrap().volume_id == 3
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (RegisterVolume(address="10.0.0.1:8080", volume_id=7), ErrorCode.ENOENT),
+        (RegisterVolume(address=""), ErrorCode.EINVAL),
+        (RegisterVolume(address="a b:1"), ErrorCode.EINVAL),
+        (RegisterVolume(address="x" * 301), ErrorCode.EINVAL),
+    ],
+)
+def test_register_volume_refusals(ns: Namespace, command: RegisterVolume, code: ErrorCode) -> None:
+    assert refuse(ns, command).code is code
+
+
+def test_replace_chunk_replicas_is_a_compare_and_set(ns: Namespace) -> None:
+    ns.apply(RegisterVolume(address="10.0.0.3:8080")).unwrap()
+    replaced = ns.apply(ReplaceChunkReplicas(chunk_id=1, expected=(1, 2), volume_ids=(2, 3)))
+    assert replaced.unwrap().chunk.volume_ids == (2, 3)
+    assert replaced.unwrap().dropped == (1,)
+    assert ns.lookup_chunks("/docs/readme").unwrap().chunks[0].volume_ids == (2, 3)
+    assert ns.chunk(1) == (replaced.unwrap().chunk, 2)
+    # The content version does not change: replicas are not content.
+    assert ns.stat("/docs/readme").unwrap().version == 1
+    stale = ReplaceChunkReplicas(chunk_id=1, expected=(1, 2), volume_ids=(1, 3))
+    assert refuse(ns, stale).code is ErrorCode.ECONFLICT
+    assert Namespace.restore(ns.snapshot()).chunk(1) == ns.chunk(1)
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (ReplaceChunkReplicas(chunk_id=4, expected=(1, 2), volume_ids=(1,)), ErrorCode.ENOENT),
+        (ReplaceChunkReplicas(chunk_id=1, expected=(1, 2), volume_ids=()), ErrorCode.EINVAL),
+        (ReplaceChunkReplicas(chunk_id=1, expected=(1, 2), volume_ids=(1, 1)), ErrorCode.EINVAL),
+        (ReplaceChunkReplicas(chunk_id=1, expected=(1, 2), volume_ids=(1, 9)), ErrorCode.EINVAL),
+    ],
+)
+def test_replace_chunk_replicas_refusals(
+    ns: Namespace, command: ReplaceChunkReplicas, code: ErrorCode
+) -> None:
+    assert refuse(ns, command).code is code
+
+
+def test_commit_with_create_makes_the_file_in_the_same_step(ns: Namespace) -> None:
+    before = ns.totals()
+    command = CommitContent(
+        path="/docs/new",
+        chunks=(chunk(4, 0, 10),),
+        size=10,
+        mtime=5,
+        expected_version=0,
+        create=True,
+        mode=0o600,
+        owner="alice",
+        replication=3,
+    )
+    committed = ns.apply(command).unwrap()
+    assert committed.stat.version == 1
+    assert (committed.stat.mode, committed.stat.owner, committed.stat.replication) == (
+        0o600,
+        "alice",
+        3,
+    )
+    assert ns.totals().files == before.files + 1
+    assert ns.totals().bytes == before.bytes + 10
+    assert ns.inode_of_chunk(4) == committed.stat.inode
+    # On an existing file `create` changes nothing but the content.
+    again = ns.apply(
+        CommitContent(path="/docs/new", chunks=(), size=0, mtime=6, create=True, mode=0o644)
+    ).unwrap()
+    assert (again.stat.inode, again.stat.mode, again.stat.version) == (
+        committed.stat.inode,
+        0o600,
+        2,
+    )
+    assert again.released_chunks == (chunk(4, 0, 10),)
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "code"),
+    [
+        ("/missing/new", {}, ErrorCode.ENOENT),
+        ("/notes/new", {}, ErrorCode.ENOTDIR),
+        ("/docs/new", {"expected_inode": 99}, ErrorCode.ECONFLICT),
+        ("/docs/new", {"expected_version": 1}, ErrorCode.ECONFLICT),
+        ("/docs/new", {"replication": 0}, ErrorCode.EINVAL),
+        ("/docs/new", {"owner": ""}, ErrorCode.EINVAL),
+        ("/", {}, ErrorCode.EISDIR),
+        ("/docs", {}, ErrorCode.EISDIR),
+    ],
+)
+def test_commit_with_create_refusals(
+    ns: Namespace, path: str, extra: dict[str, Any], code: ErrorCode
+) -> None:
+    command = CommitContent(path=path, chunks=(), size=0, mtime=1, create=True, **extra)
+    assert refuse(ns, command).code is code
+
+
+def test_commit_with_create_refuses_another_files_chunk(ns: Namespace) -> None:
+    command = CommitContent(
+        path="/docs/new", chunks=(chunk(3, 0, 7),), size=7, mtime=1, create=True
+    )
+    assert refuse(ns, command).code is ErrorCode.EINVAL

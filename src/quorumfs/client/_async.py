@@ -112,6 +112,17 @@ from quorumfs.master.http_api import (
     RenameResponse,
 )
 from quorumfs.master.results import DirEntry, Stat, Totals
+from quorumfs.wire import (
+    AllocateRequest,
+    AllocateResponse,
+    BadChunkReport,
+    CommitRequest,
+    CommitResponse,
+    FileContent,
+    Heartbeat,
+    HeartbeatResponse,
+    VolumesResponse,
+)
 
 from ._sources import MasterSource, StaticMasters
 from .errors import (
@@ -254,6 +265,8 @@ class _Call:
     idempotent: bool
     subject: str
     """The namespace path the call is about (for error messages), or ""."""
+    deadline: float | None = None
+    """Seconds for this call instead of ``RetryPolicy.deadline``."""
 
     @property
     def write(self) -> bool:
@@ -281,6 +294,7 @@ class AsyncMasterClient:
         masters: str | Sequence[str] | MasterSource,
         *,
         policy: RetryPolicy | None = None,
+        token: str | None = None,
     ) -> None:
         if isinstance(masters, str | Sequence):
             masters = StaticMasters(masters)
@@ -291,6 +305,8 @@ class AsyncMasterClient:
             )
         self._source = masters
         self._policy = policy or RetryPolicy()
+        self._token = token
+        """Sent as ``Authorization: Bearer`` with every request (admin or volume token)."""
         self._leader: str | None = None
         """The master believed to lead; None when unknown."""
         self._health: dict[str, _Health] = {}
@@ -339,12 +355,15 @@ class AsyncMasterClient:
             raise RuntimeError("this quorumfs client is closed")
         loop = asyncio.get_running_loop()
         if self._session is None:
+            headers = {
+                "Accept": "application/json",
+                "User-Agent": f"quorumfs-client/{__version__}",
+                REDIRECT_HEADER: "1",
+            }
+            if self._token is not None:
+                headers["Authorization"] = f"Bearer {self._token}"
             self._session = aiohttp.ClientSession(
-                headers={
-                    "Accept": "application/json",
-                    "User-Agent": f"quorumfs-client/{__version__}",
-                    REDIRECT_HEADER: "1",
-                },
+                headers=headers,
                 connector=aiohttp.TCPConnector(limit=100),
             )
             self._loop = loop
@@ -458,6 +477,79 @@ class AsyncMasterClient:
         )
         return _decode(answer, Stat)
 
+    # ------------------------------------------------------ data path (masters)
+
+    async def allocate(
+        self, path: str, count: int = 1, *, replication: int | None = None
+    ) -> AllocateResponse:
+        """Chunk ids, volume servers and write tokens for ``count`` new chunks of ``path``
+        (nothing is written to the namespace: safe to retry)."""
+        body = msgspec.json.encode(AllocateRequest(path=path, count=count, replication=replication))
+        answer = await self._request(
+            _Call("POST", "/v1/fs/allocate", None, body, idempotent=True, subject=path)
+        )
+        return _decode(answer, AllocateResponse)
+
+    async def commit(self, request: CommitRequest) -> CommitResponse:
+        """Make ``request.chunks`` the content of ``request.path`` atomically.
+
+        Retried after a lost answer only when repeating it is harmless (no
+        ``expected_version``/``expected_inode``); a compare-and-set raises
+        ``OutcomeUnknown`` instead, which the caller settles by reading the file.
+        """
+        repeatable = request.expected_version is None and request.expected_inode is None
+        answer = await self._request(
+            _Call(
+                "POST",
+                "/v1/fs/commit",
+                None,
+                msgspec.json.encode(request),
+                idempotent=repeatable,
+                subject=request.path,
+            )
+        )
+        return _decode(answer, CommitResponse)
+
+    async def file_content(self, path: str) -> FileContent:
+        """The committed content of the file ``path``: its chunks and their replicas."""
+        answer = await self._request(
+            _Call("GET", "/v1/fs/chunks", {"path": path}, None, idempotent=True, subject=path)
+        )
+        return _decode(answer, FileContent)
+
+    async def report_bad_chunk(self, chunk_id: int, volume_id: int, reason: str) -> None:
+        """Tell the leader a replica could not be read correctly (it re-replicates)."""
+        body = msgspec.json.encode(
+            BadChunkReport(chunk_id=chunk_id, volume_id=volume_id, reason=reason[:1000])
+        )
+        await self._request(
+            _Call("POST", "/v1/fs/bad-chunk", None, body, idempotent=True, subject="")
+        )
+
+    async def volumes(self) -> VolumesResponse:
+        """The volume servers as the leader sees them."""
+        answer = await self._request(
+            _Call("GET", "/v1/volumes", None, None, idempotent=True, subject="")
+        )
+        return _decode(answer, VolumesResponse)
+
+    async def heartbeat(self, beat: Heartbeat, *, deadline: float) -> HeartbeatResponse:
+        """A volume server's heartbeat to the leader (needs the volume token), given up
+        after ``deadline`` seconds. Safe to repeat: after a failure the server sends its
+        full chunk list."""
+        answer = await self._request(
+            _Call(
+                "POST",
+                "/v1/volumes/heartbeat",
+                None,
+                msgspec.json.encode(beat),
+                idempotent=True,
+                subject="",
+                deadline=deadline,
+            )
+        )
+        return _decode(answer, HeartbeatResponse)
+
     # -------------------------------------------------------------- cluster
 
     async def cluster_status(self) -> ClusterStatus:
@@ -486,7 +578,7 @@ class AsyncMasterClient:
         """The one way a call reaches the masters; see the module docstring."""
         self._open_session()
         start = self._loop_time()
-        deadline = start + self._policy.deadline
+        deadline = start + (call.deadline or self._policy.deadline)
         reason = "no master was asked"
         attempts = 0
         waits = 0

@@ -25,14 +25,15 @@ import msgspec
 
 __all__ = [
     "AllocateChunkIds",
-    "AllocateVolumeId",
     "Chunk",
     "Command",
     "CommitContent",
     "Create",
     "Delete",
     "Mkdir",
+    "RegisterVolume",
     "Rename",
+    "ReplaceChunkReplicas",
     "SetAttr",
     "decode_command",
     "encode_command",
@@ -132,18 +133,52 @@ class CommitContent(_Command, frozen=True, tag="commit_content"):
     """When set, commit only if the path still names this inode (else ECONFLICT).
     Versions are per file, so without this a file renamed over the path could
     happen to have the expected version."""
+    create: bool = False
+    """When the file does not exist, create it (with ``mode``, ``owner`` and
+    ``replication``) in the same step; a missing file then counts as version 0.
+    Without it a missing file is ENOENT. One entry instead of Create + CommitContent."""
+    mode: int = DEFAULT_FILE_MODE
+    owner: str = "root"
+    replication: int = DEFAULT_REPLICATION
 
 
 class AllocateChunkIds(_Command, frozen=True, tag="allocate_chunk_ids"):
     count: int
 
 
-class AllocateVolumeId(_Command, frozen=True, tag="allocate_volume_id"):
-    """Give a volume server joining the cluster its permanent id."""
+class RegisterVolume(_Command, frozen=True, tag="register_volume"):
+    """Record where a volume server is: a new one (``volume_id`` 0) gets its permanent id,
+    a known one (its id) gets its address updated."""
+
+    address: str
+    """host:port of its HTTP API, 1 to 300 bytes."""
+    volume_id: int = 0
+
+
+class ReplaceChunkReplicas(_Command, frozen=True, tag="replace_chunk_replicas"):
+    """Change which volume servers hold a committed chunk (repair, rebalancing).
+
+    A compare-and-set: applied only if the chunk is still committed and its
+    ``volume_ids`` are exactly ``expected`` (else ECONFLICT), so a repair planned
+    on a stale picture changes nothing.
+    """
+
+    chunk_id: int
+    expected: tuple[int, ...]
+    volume_ids: tuple[int, ...]
+    """At least one, no repeats, each a registered volume."""
 
 
 Command = (
-    Mkdir | Create | Delete | Rename | SetAttr | CommitContent | AllocateChunkIds | AllocateVolumeId
+    Mkdir
+    | Create
+    | Delete
+    | Rename
+    | SetAttr
+    | CommitContent
+    | AllocateChunkIds
+    | RegisterVolume
+    | ReplaceChunkReplicas
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -50,20 +50,20 @@ import msgspec
 
 from .commands import (
     AllocateChunkIds,
-    AllocateVolumeId,
     Chunk,
     Command,
     CommitContent,
     Create,
     Delete,
     Mkdir,
+    RegisterVolume,
     Rename,
+    ReplaceChunkReplicas,
     SetAttr,
 )
 from .paths import join_path, split_path
 from .results import (
     AllocatedChunkIds,
-    AllocatedVolumeId,
     ContentCommitted,
     Deleted,
     DirEntry,
@@ -72,13 +72,16 @@ from .results import (
     Kind,
     NamespaceError,
     RefusedError,
+    RegisteredVolume,
     Renamed,
+    ReplicasReplaced,
     Result,
     Stat,
     Totals,
 )
 
 __all__ = [
+    "MAX_ADDRESS_BYTES",
     "MAX_CHUNK_IDS_PER_ALLOCATION",
     "MAX_MODE",
     "MAX_OWNER_BYTES",
@@ -104,16 +107,25 @@ MAX_REPLICATION: Final = 16
 MAX_CHUNK_IDS_PER_ALLOCATION: Final = 4096
 """At 64 MiB per chunk, 256 GiB of content per ``AllocateChunkIds`` entry."""
 MAX_OWNER_BYTES: Final = 255
+MAX_ADDRESS_BYTES: Final = 300
 MAX_MODE: Final = 0o7777
 """Modes are permission bits only (setuid, setgid, sticky, rwx); the kind is the inode's."""
 _MIN_INT64: Final = -(2**63)
 _MAX_INT64: Final = 2**63 - 1
 _MAX_CRC32: Final = 2**32 - 1
 
-SNAPSHOT_FORMAT: Final = 1
+SNAPSHOT_FORMAT: Final = 2
 """Written first in every snapshot; bump it when the image's shape changes."""
 
-ResultValue = Stat | Deleted | Renamed | ContentCommitted | AllocatedChunkIds | AllocatedVolumeId
+ResultValue = (
+    Stat
+    | Deleted
+    | Renamed
+    | ContentCommitted
+    | AllocatedChunkIds
+    | RegisteredVolume
+    | ReplicasReplaced
+)
 """What a successful command returns."""
 
 
@@ -157,6 +169,8 @@ class _Image(msgspec.Struct, array_like=True):
     next_inode_id: int
     next_chunk_id: int
     next_volume_id: int
+    volumes: list[tuple[int, str]]
+    """(volume id, address) of every registered volume server, by id."""
     inode_ids: list[InodeId]
     """Ascending."""
     inodes: list[_Inode]
@@ -189,6 +203,7 @@ class Namespace:
         "_next_inode_id",
         "_next_volume_id",
         "_owners",
+        "_volumes",
     )
 
     def __init__(self) -> None:
@@ -202,6 +217,9 @@ class Namespace:
         """Invariant: greater than every chunk id ever handed out."""
         self._next_volume_id = 1
         """Invariant: greater than every volume id ever handed out."""
+        self._volumes: dict[int, str] = {}
+        """Volume id -> host:port of the volume server. Invariant: exactly the ids
+        1 .. next_volume_id - 1 (a volume server, once registered, stays known)."""
 
         # Derived from the replicated state, rebuilt by ``restore``.
         self._chunk_inode: dict[ChunkId, InodeId] = {}
@@ -226,7 +244,9 @@ class Namespace:
     @overload
     def apply(self, command: AllocateChunkIds) -> Result[AllocatedChunkIds]: ...
     @overload
-    def apply(self, command: AllocateVolumeId) -> Result[AllocatedVolumeId]: ...
+    def apply(self, command: RegisterVolume) -> Result[RegisteredVolume]: ...
+    @overload
+    def apply(self, command: ReplaceChunkReplicas) -> Result[ReplicasReplaced]: ...
     @overload
     def apply(self, command: Command) -> Result[ResultValue]: ...
 
@@ -250,8 +270,10 @@ class Namespace:
                     value = self._apply_commit_content(command)
                 case AllocateChunkIds():
                     value = self._apply_allocate_chunk_ids(command)
-                case AllocateVolumeId():
-                    value = self._apply_allocate_volume_id()
+                case RegisterVolume():
+                    value = self._apply_register_volume(command)
+                case ReplaceChunkReplicas():
+                    value = self._apply_replace_chunk_replicas(command)
                 case _:
                     assert_never(command)
         except RefusedError as refused:
@@ -307,13 +329,7 @@ class Namespace:
         components = split_path(path)
         doing = f"cannot create {path}"
         _check_attributes(path, doing, mode=command.mode, mtime=command.mtime, owner=command.owner)
-        if not 1 <= command.replication <= MAX_REPLICATION:
-            _refuse(
-                ErrorCode.EINVAL,
-                path,
-                doing,
-                f"replication {command.replication} is not between 1 and {MAX_REPLICATION}",
-            )
+        _check_replication(command.replication, path, doing)
         if not components:
             code = ErrorCode.EEXIST if command.exclusive else ErrorCode.EISDIR
             _refuse(code, path, doing, "it is the root directory")
@@ -433,8 +449,21 @@ class Namespace:
             _refuse(ErrorCode.EINVAL, path, doing, f"size {command.size} is not 0 to 2**63-1")
         chunks = tuple(command.chunks)
         _check_chunk_layout(chunks, command.size, path, doing)
-        inode_id = self._lookup(components, path, doing)
-        file = self._inodes[inode_id]
+        new_file: tuple[_Directory, str] | None = None
+        """(parent, name) when the file is created by this commit."""
+        if command.create and components:
+            parent = self._parent_directory(components, path, doing)
+            existing_id = parent.children.get(components[-1])
+            if existing_id is None:
+                _check_attributes(path, doing, mode=command.mode, owner=command.owner)
+                _check_replication(command.replication, path, doing)
+                new_file = (parent, components[-1])
+        if new_file is None:
+            inode_id = self._lookup(components, path, doing)
+            file = self._inodes[inode_id]
+        else:
+            inode_id = self._next_inode_id  # taken below, once nothing can fail
+            file = _File(command.mode, command.mtime, command.owner, command.replication)
         if isinstance(file, _Directory):
             _refuse(ErrorCode.EISDIR, path, doing, "it is a directory")
         if command.expected_inode is not None and command.expected_inode != inode_id:
@@ -456,6 +485,12 @@ class Namespace:
         for chunk in chunks:
             self._check_chunk_references(chunk, inode_id, path, doing)
 
+        if new_file is not None:
+            parent, name = new_file
+            file.owner = self._intern_owner(command.owner)
+            self._inodes[self._take_inode_id()] = file
+            parent.children[name] = inode_id
+            self._files += 1
         kept_ids = {chunk.chunk_id for chunk in chunks}
         released = tuple(
             sorted(
@@ -486,10 +521,63 @@ class Namespace:
         self._next_chunk_id += command.count
         return AllocatedChunkIds(tuple(range(first, self._next_chunk_id)))
 
-    def _apply_allocate_volume_id(self) -> AllocatedVolumeId:
-        volume_id = self._next_volume_id
-        self._next_volume_id += 1
-        return AllocatedVolumeId(volume_id)
+    def _apply_register_volume(self, command: RegisterVolume) -> RegisteredVolume:
+        address, volume_id = command.address, command.volume_id
+        doing = f"cannot register volume server {address!r}"
+        try:
+            size = len(address.encode("utf-8"))
+        except UnicodeEncodeError:
+            size = 0
+        if not 1 <= size <= MAX_ADDRESS_BYTES or any(c.isspace() for c in address):
+            _refuse(
+                ErrorCode.EINVAL,
+                "",
+                doing,
+                f"its address must be 1 to {MAX_ADDRESS_BYTES} bytes of UTF-8 without spaces",
+            )
+        if volume_id == 0:
+            volume_id = self._next_volume_id
+            self._next_volume_id += 1
+        elif volume_id not in self._volumes:
+            _refuse(
+                ErrorCode.ENOENT,
+                "",
+                doing,
+                f"volume id {volume_id} was never registered in this cluster (is the "
+                "server's directory from another cluster?)",
+            )
+        self._volumes[volume_id] = address
+        return RegisteredVolume(volume_id, address)
+
+    def _apply_replace_chunk_replicas(self, command: ReplaceChunkReplicas) -> ReplicasReplaced:
+        chunk_id = command.chunk_id
+        doing = f"cannot move the replicas of chunk {chunk_id}"
+        inode_id = self._chunk_inode.get(chunk_id)
+        if inode_id is None:
+            _refuse(ErrorCode.ENOENT, "", doing, "no file holds it (deleted or never committed)")
+        file = self._inodes[inode_id]
+        assert isinstance(file, _File), "the chunk index names files only"
+        position, current = next(
+            (i, chunk) for i, chunk in enumerate(file.chunks) if chunk.chunk_id == chunk_id
+        )
+        if current.volume_ids != tuple(command.expected):
+            _refuse(
+                ErrorCode.ECONFLICT,
+                "",
+                doing,
+                f"it is on volumes {list(current.volume_ids)}, not the expected "
+                f"{list(command.expected)}",
+            )
+        volume_ids = tuple(command.volume_ids)
+        if not volume_ids or len(set(volume_ids)) != len(volume_ids):
+            _refuse(ErrorCode.EINVAL, "", doing, "list at least one volume, each once")
+        for volume_id in volume_ids:
+            if volume_id not in self._volumes:
+                _refuse(ErrorCode.EINVAL, "", doing, f"volume {volume_id} is not registered")
+        moved = Chunk(current.chunk_id, current.offset, current.size, current.checksum, volume_ids)
+        file.chunks = (*file.chunks[:position], moved, *file.chunks[position + 1 :])
+        dropped = tuple(sorted(set(current.volume_ids) - set(volume_ids)))
+        return ReplicasReplaced(moved, dropped)
 
     # ---------------------------------------------------------------- queries
 
@@ -539,6 +627,34 @@ class Namespace:
         """The file whose committed content holds ``chunk_id``, if any (for volume reports)."""
         return self._chunk_inode.get(chunk_id)
 
+    def chunk(self, chunk_id: ChunkId) -> tuple[Chunk, int] | None:
+        """A committed chunk and its file's replication, if any file holds it."""
+        inode_id = self._chunk_inode.get(chunk_id)
+        if inode_id is None:
+            return None
+        file = self._inodes[inode_id]
+        assert isinstance(file, _File), "the chunk index names files only"
+        for chunk in file.chunks:
+            if chunk.chunk_id == chunk_id:
+                return chunk, file.replication
+        raise AssertionError(f"the chunk index is out of step for chunk {chunk_id}")
+
+    def chunk_ids(self) -> tuple[ChunkId, ...]:
+        """Every committed chunk id, in no particular order (a copy: safe to hold)."""
+        return tuple(self._chunk_inode)
+
+    def volumes(self) -> dict[int, str]:
+        """Every registered volume server: id -> host:port (a copy)."""
+        return dict(self._volumes)
+
+    def volume_address(self, volume_id: int) -> str | None:
+        return self._volumes.get(volume_id)
+
+    @property
+    def next_chunk_id(self) -> ChunkId:
+        """Every chunk id below this one has been allocated."""
+        return self._next_chunk_id
+
     # ------------------------------------------------------- snapshot/restore
 
     def snapshot(self) -> bytes:
@@ -550,6 +666,7 @@ class Namespace:
                 next_inode_id=self._next_inode_id,
                 next_chunk_id=self._next_chunk_id,
                 next_volume_id=self._next_volume_id,
+                volumes=sorted(self._volumes.items()),
                 inode_ids=inode_ids,
                 inodes=[self._inodes[inode_id] for inode_id in inode_ids],
             )
@@ -577,6 +694,9 @@ class Namespace:
         namespace._next_inode_id = image.next_inode_id
         namespace._next_chunk_id = image.next_chunk_id
         namespace._next_volume_id = image.next_volume_id
+        namespace._volumes = dict(image.volumes)
+        if sorted(namespace._volumes) != list(range(1, image.next_volume_id)):
+            raise SnapshotError("snapshot's volumes are not exactly those below its next id")
         namespace._adopt_tree(inodes_by_id)
         return namespace
 
@@ -776,6 +896,16 @@ def _check_attributes(
                 doing,
                 f"the owner must be 1 to {MAX_OWNER_BYTES} bytes of UTF-8 without NUL",
             )
+
+
+def _check_replication(replication: int, path: str, doing: str) -> None:
+    if not 1 <= replication <= MAX_REPLICATION:
+        _refuse(
+            ErrorCode.EINVAL,
+            path,
+            doing,
+            f"replication {replication} is not between 1 and {MAX_REPLICATION}",
+        )
 
 
 def _check_chunk_layout(chunks: tuple[Chunk, ...], size: int, path: str, doing: str) -> None:

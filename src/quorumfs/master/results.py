@@ -44,7 +44,6 @@ from .commands import Chunk
 __all__ = [
     "HTTP_STATUS_BY_CODE",
     "AllocatedChunkIds",
-    "AllocatedVolumeId",
     "ContentCommitted",
     "Deleted",
     "DirEntry",
@@ -53,7 +52,9 @@ __all__ = [
     "Kind",
     "NamespaceError",
     "RefusedError",
+    "RegisteredVolume",
     "Renamed",
+    "ReplicasReplaced",
     "Result",
     "Stat",
     "Totals",
@@ -209,5 +210,13 @@ class AllocatedChunkIds(msgspec.Struct, frozen=True):
     """Consecutive, never handed out before, on every master alike."""
 
 
-class AllocatedVolumeId(msgspec.Struct, frozen=True):
+class RegisteredVolume(msgspec.Struct, frozen=True):
     volume_id: int
+    address: str
+
+
+class ReplicasReplaced(msgspec.Struct, frozen=True):
+    chunk: Chunk
+    """The chunk with its new ``volume_ids``."""
+    dropped: tuple[int, ...]
+    """Volumes that held it before and no longer do (their copy is now surplus), ascending."""
