@@ -11,7 +11,9 @@ import typer
 import uvloop
 from rich.console import Console
 
+from quorumfs.master.data_service import DataOptions
 from quorumfs.master.server import SECRET_ENV, MasterOptions, MasterStartupError, run_master
+from quorumfs.master.topology import TopologyOptions
 from quorumfs.runtime.transport import ListenError
 from quorumfs.runtime.wal import CorruptLogError, JournalInUseError
 
@@ -43,6 +45,23 @@ def master(
         bool,
         typer.Option(help="fsync the journal before acknowledging (never turn off in production)."),
     ] = True,
+    volume_pulse_ms: Annotated[
+        int, typer.Option(help="How often volume servers heartbeat to the leader (ms).")
+    ] = 1000,
+    volume_dead_after: Annotated[
+        float,
+        typer.Option(help="Seconds without a heartbeat before a volume server counts as down."),
+    ] = 5.0,
+    replication_delay: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a volume server must be down before its chunks are re-replicated."
+        ),
+    ] = 60.0,
+    orphan_grace: Annotated[
+        float,
+        typer.Option(help="Seconds before an uploaded but never committed chunk is deleted."),
+    ] = 3600.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run a master: a member of the Raft group that holds the namespace."""
@@ -59,6 +78,14 @@ def master(
         tick_interval=tick_ms / 1000,
         election_tick=election_ticks,
         fsync=fsync,
+        data=DataOptions(
+            pulse=volume_pulse_ms / 1000,
+            topology=TopologyOptions(
+                dead_after=volume_dead_after,
+                replication_delay=replication_delay,
+                orphan_grace=orphan_grace,
+            ),
+        ),
     )
     console = Console(stderr=True, soft_wrap=True)  # a path in an error must stay whole
     try:

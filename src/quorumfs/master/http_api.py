@@ -263,10 +263,10 @@ class HealthResponse(msgspec.Struct, frozen=True):
 
 
 _encoder: Final = msgspec.json.Encoder()
-B = TypeVar("B", bound=_Body)
+B = TypeVar("B", bound=msgspec.Struct)
 
 
-class _ApiError(Exception):
+class ApiError(Exception):
     """An answer other than success, raised anywhere below a handler."""
 
     def __init__(
@@ -284,15 +284,15 @@ class _ApiError(Exception):
         self.headers = dict(headers or {})
 
     @classmethod
-    def invalid(cls, message: str, path: str = "") -> _ApiError:
+    def invalid(cls, message: str, path: str = "") -> ApiError:
         return cls(400, ErrorCode.EINVAL, message, path=path)
 
     @classmethod
-    def unavailable(cls, code: ApiErrorCode, message: str, retry_after: float = 1.0) -> _ApiError:
+    def unavailable(cls, code: ApiErrorCode, message: str, retry_after: float = 1.0) -> ApiError:
         return cls(503, code, message, headers={"Retry-After": _retry_after(retry_after)})
 
     def response(self) -> web.Response:
-        return _json(self.body, status=self.status, headers=self.headers)
+        return json_response(self.body, status=self.status, headers=self.headers)
 
 
 def _retry_after(seconds: float) -> str:
@@ -300,7 +300,7 @@ def _retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
-def _json(
+def json_response(
     value: object, *, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     return web.Response(
@@ -319,29 +319,29 @@ def load_openapi_document() -> bytes:
 # ---------------------------------------------------------------- validation
 
 
-def _decode_body(body: bytes, body_type: type[B]) -> B:
+def decode_body(body: bytes, body_type: type[B]) -> B:
     try:
         return msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
-        raise _ApiError.invalid(f"invalid request body: {exc}") from None
+        raise ApiError.invalid(f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise _ApiError.invalid(
+        raise ApiError.invalid(
             f"the request body is not valid JSON ({exc}); send a JSON object"
         ) from None
 
 
-def _check_path(path: str, field: str) -> None:
+def check_path(path: str, field: str) -> None:
     """Refuse an invalid path before it reaches the log (the namespace checks again)."""
     try:
         split_path(path)
     except RefusedError as refused:
         error = refused.error
-        raise _ApiError(
+        raise ApiError(
             error.http_status, error.code, f"{error.message} - at `$.{field}`", path=error.path
         ) from None
 
 
-def _check_address(address: str, field: str) -> None:
+def check_address(address: str, field: str) -> None:
     """``host:port`` with a port in 1..65535; an IPv6 host goes in brackets."""
     host, sep, port = address.rpartition(":")
     problem = None
@@ -354,22 +354,22 @@ def _check_address(address: str, field: str) -> None:
     elif ":" in host and not (host.startswith("[") and host.endswith("]")):
         problem = "has an IPv6 host without brackets (write [::1]:9333)"
     if problem is not None:
-        raise _ApiError.invalid(f"address {address!r} {problem} - at `$.{field}`")
+        raise ApiError.invalid(f"address {address!r} {problem} - at `$.{field}`")
 
 
-def _query_path(request: web.Request) -> str:
+def query_path(request: web.Request) -> str:
     """The one ``path`` query parameter of a read, validated; other parameters are refused
     (except ``redirect``, which any request may carry)."""
     for name in request.query:
         if name not in ("path", "redirect"):
-            raise _ApiError.invalid(f"unknown query parameter `{name}`; expected `path`")
+            raise ApiError.invalid(f"unknown query parameter `{name}`; expected `path`")
     values = request.query.getall("path", [])
     if not values:
-        raise _ApiError.invalid("missing query parameter `path` (e.g. ?path=/)")
+        raise ApiError.invalid("missing query parameter `path` (e.g. ?path=/)")
     if len(values) > 1:
-        raise _ApiError.invalid("query parameter `path` is given more than once")
+        raise ApiError.invalid("query parameter `path` is given more than once")
     path = values[0]
-    _check_path(path, "path")
+    check_path(path, "path")
     return path
 
 
@@ -382,7 +382,7 @@ def _wants_redirect(request: web.Request) -> bool:
 # -------------------------------------------------------------------- the API
 
 
-class _Api:
+class Handlers:
     """The handlers of one application, sharing the service and the forwarding session."""
 
     def __init__(self, service: MasterService, request_timeout: float) -> None:
@@ -410,24 +410,26 @@ class _Api:
         try:
             async with asyncio.timeout(self.request_timeout):
                 return await handler(request)
-        except _ApiError as exc:
+        except ApiError as exc:
             return exc.response()
         except web.HTTPException as exc:
             return _http_exception(request, exc)
         except RejectedError as exc:
             return _rejected(exc).response()
+        except RefusedError as exc:
+            return _namespace_error(exc.error)
         except OutcomeUnknownError as exc:
-            return _ApiError.unavailable(
+            return ApiError.unavailable(
                 ApiErrorCode.ETIMEDOUT,
                 f"{exc.reason}; the operation may or may not have been applied: check, then retry",
                 exc.retry_after,
             ).response()
         except ServiceUnavailableError as exc:
-            return _ApiError.unavailable(
+            return ApiError.unavailable(
                 ApiErrorCode.EAGAIN, f"{exc.reason}; retry shortly", exc.retry_after
             ).response()
         except NotLeaderError as exc:  # a read the service would not serve here
-            return _ApiError.unavailable(
+            return ApiError.unavailable(
                 ApiErrorCode.EAGAIN,
                 f"this master cannot serve the request now: {exc}; retry shortly",
             ).response()
@@ -435,10 +437,10 @@ class _Api:
             message = f"no answer within {self.request_timeout:g} s (is a quorum of masters up?)"
             if request.method not in ("GET", "HEAD"):
                 message += "; the operation may or may not have been applied: check, then retry"
-            return _ApiError.unavailable(ApiErrorCode.ETIMEDOUT, message).response()
+            return ApiError.unavailable(ApiErrorCode.ETIMEDOUT, message).response()
         except Exception:
             logger.exception("unexpected error serving %s %s", request.method, request.path)
-            return _ApiError(
+            return ApiError(
                 500,
                 ApiErrorCode.EIO,
                 "internal error in the master; the details are in its log",
@@ -461,21 +463,21 @@ class _Api:
         self, request: web.Request, body: bytes, leader: str | None
     ) -> web.Response:
         if FORWARDED_HEADER in request.headers:
-            raise _ApiError.unavailable(
+            raise ApiError.unavailable(
                 ApiErrorCode.ELOOP,
                 f"master {self.service.node_id} was forwarded this request as the leader, "
                 f"but it is not the leader (it believes {leader or 'no master'} leads); "
                 "leadership is changing: retry shortly",
             )
         if leader is None:
-            raise _ApiError.unavailable(
+            raise ApiError.unavailable(
                 ApiErrorCode.EAGAIN,
                 "no leader is known right now (an election is under way, or there is no "
                 "quorum); retry shortly",
             )
         location = f"http://{leader}{request.raw_path}"
         if _wants_redirect(request):
-            return _json(
+            return json_response(
                 RedirectResponse(leader_http=leader, location=location),
                 status=307,
                 headers={"Location": location},
@@ -507,14 +509,14 @@ class _Api:
                 return web.Response(status=answer.status, body=answer_body, headers=relayed)
         except aiohttp.ClientConnectorError as exc:
             # Only writes and admin operations get here. No connection: nothing was sent.
-            raise _ApiError.unavailable(
+            raise ApiError.unavailable(
                 ApiErrorCode.EAGAIN,
                 f"could not reach the leader {leader} ({str(exc) or type(exc).__name__}); "
                 "nothing was done: retry shortly",
             ) from None
         except aiohttp.ClientError as exc:
             # Sent, but the answer was lost: the leader may have applied it.
-            raise _ApiError.unavailable(
+            raise ApiError.unavailable(
                 ApiErrorCode.ETIMEDOUT,
                 f"lost the leader {leader}'s answer ({str(exc) or type(exc).__name__}); "
                 "the operation may or may not have been applied: check, then retry",
@@ -535,26 +537,26 @@ class _Api:
     # ----------------------------------------------------------- namespace
 
     async def stat(self, request: web.Request) -> web.Response:
-        path = _query_path(request)
+        path = query_path(request)
         await self.service.read_barrier()
         return _result(self.service.namespace.stat(path), _same)
 
     async def list_directory(self, request: web.Request) -> web.Response:
-        path = _query_path(request)
+        path = query_path(request)
         await self.service.read_barrier()
         return _result(self.service.namespace.list(path), _listing)
 
     async def totals(self, request: web.Request) -> web.Response:
         for name in request.query:
             if name != "redirect":
-                raise _ApiError.invalid(f"unknown query parameter `{name}`; expected none")
+                raise ApiError.invalid(f"unknown query parameter `{name}`; expected none")
         await self.service.read_barrier()
-        return _json(self.service.namespace.totals())
+        return json_response(self.service.namespace.totals())
 
     async def mkdir(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        body = _decode_body(raw, MkdirRequest)
-        _check_path(body.path, "path")
+        body = decode_body(raw, MkdirRequest)
+        check_path(body.path, "path")
         command = Mkdir(
             path=body.path,
             mtime=time.time_ns(),
@@ -566,8 +568,8 @@ class _Api:
 
     async def create(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        body = _decode_body(raw, CreateRequest)
-        _check_path(body.path, "path")
+        body = decode_body(raw, CreateRequest)
+        check_path(body.path, "path")
         command = Create(
             path=body.path,
             mtime=time.time_ns(),
@@ -580,24 +582,24 @@ class _Api:
 
     async def delete(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        body = _decode_body(raw, DeleteRequest)
-        _check_path(body.path, "path")
+        body = decode_body(raw, DeleteRequest)
+        check_path(body.path, "path")
         command = Delete(path=body.path, recursive=body.recursive)
         return await self.write(request, raw, command, _deleted)
 
     async def rename(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        body = _decode_body(raw, RenameRequest)
-        _check_path(body.src, "src")
-        _check_path(body.dst, "dst")
+        body = decode_body(raw, RenameRequest)
+        check_path(body.src, "src")
+        check_path(body.dst, "dst")
         return await self.write(request, raw, Rename(src=body.src, dst=body.dst), _renamed)
 
     async def set_attributes(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        body = _decode_body(raw, SetAttrRequest)
-        _check_path(body.path, "path")
+        body = decode_body(raw, SetAttrRequest)
+        check_path(body.path, "path")
         if body.mode is None and body.owner is None and body.mtime is None:
-            raise _ApiError.invalid(
+            raise ApiError.invalid(
                 "nothing to change: give at least one of `mode`, `owner`, `mtime`",
                 path=body.path,
             )
@@ -607,21 +609,21 @@ class _Api:
     # ------------------------------------------------------------- cluster
 
     async def cluster_status(self, _request: web.Request) -> web.Response:
-        return _json(self.service.cluster_status())
+        return json_response(self.service.cluster_status())
 
     async def members(self, _request: web.Request) -> web.Response:
-        return _json(MembersResponse(self.service.cluster_status().members))
+        return json_response(MembersResponse(self.service.cluster_status().members))
 
     async def add_member(self, request: web.Request) -> web.Response:
         self.require_admin(request)
         raw = await request.read()
-        body = _decode_body(raw, AddMemberRequest)
-        _check_address(body.http, "http")
-        _check_address(body.raft, "raft")
+        body = decode_body(raw, AddMemberRequest)
+        check_address(body.http, "http")
+        check_address(body.raft, "raft")
 
         async def run() -> web.Response:
             added = await self.service.add_member(http=body.http, raft=body.raft, voter=body.voter)
-            return _json(added, status=201)
+            return json_response(added, status=201)
 
         return await self.on_leader(request, raw, run)
 
@@ -631,26 +633,26 @@ class _Api:
 
         async def run() -> web.Response:
             await self.service.remove_member(member_id)
-            return _json(RemoveMemberResponse(member_id))
+            return json_response(RemoveMemberResponse(member_id))
 
         return await self.on_leader(request, b"", run)
 
     async def transfer_leader(self, request: web.Request) -> web.Response:
         self.require_admin(request)
         raw = await request.read()
-        body = _decode_body(raw, TransferLeaderRequest)
+        body = decode_body(raw, TransferLeaderRequest)
 
         async def run() -> web.Response:
             target = self.member(body.to)
             if target.role in (MemberRole.LEARNER, MemberRole.WITNESS) or not target.voter:
-                raise _ApiError.invalid(
+                raise ApiError.invalid(
                     f"member {body.to} is a {target.role.value.lower()} and cannot lead; "
                     "transfer to a voting member"
                 )
             if body.to == self.service.node_id:
-                return _json(TransferLeaderResponse(body.to))  # already leads
+                return json_response(TransferLeaderResponse(body.to))  # already leads
             leader_id = await self.service.transfer_leadership(body.to)
-            return _json(TransferLeaderResponse(leader_id))
+            return json_response(TransferLeaderResponse(leader_id))
 
         return await self.on_leader(request, raw, run)
 
@@ -680,7 +682,7 @@ class _Api:
         for member in self.service.cluster_status().members:
             if member.id == member_id:
                 return member
-        raise _ApiError(
+        raise ApiError(
             404,
             ErrorCode.ENOENT,
             f"no member has id {member_id} (list them: `quorumfs cluster members`)",
@@ -689,19 +691,27 @@ class _Api:
     # --------------------------------------------------------------- plain
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        return _json(HealthResponse(ok=True))
+        return json_response(HealthResponse(ok=True))
 
     async def openapi_document(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.openapi, content_type="application/json")
 
 
-def build_app(service: MasterService, *, request_timeout: float = 5.0) -> web.Application:
+def build_app(
+    service: MasterService,
+    *,
+    request_timeout: float = 5.0,
+    more_routes: Callable[[web.Application, Handlers], None] | None = None,
+) -> web.Application:
     """The aiohttp application serving ``service``; every request ends within
-    ``request_timeout`` seconds."""
+    ``request_timeout`` seconds. ``more_routes`` adds routes that share the
+    handlers' leader routing and error mapping (the data path's, ``data_api``)."""
     if not request_timeout > 0:
         raise ValueError(f"request_timeout must be positive, not {request_timeout}")
-    api = _Api(service, request_timeout)
+    api = Handlers(service, request_timeout)
     app = web.Application(middlewares=[api.errors_and_deadline])
+    if more_routes is not None:
+        more_routes(app, api)
     app.cleanup_ctx.append(api.client_session)
     app.router.add_get("/v1/fs/stat", api.stat)
     app.router.add_get("/v1/fs/list", api.list_directory)
@@ -727,11 +737,11 @@ def build_app(service: MasterService, *, request_timeout: float = 5.0) -> web.Ap
 def _result(result: Result[Any], to_json: Callable[[Any], object]) -> web.Response:
     if result.error is not None:
         return _namespace_error(result.error)
-    return _json(to_json(result.value))
+    return json_response(to_json(result.value))
 
 
 def _namespace_error(error: NamespaceError) -> web.Response:
-    return _json(
+    return json_response(
         ErrorResponse(ErrorBody(error.code, error.message, error.path)),
         status=error.http_status,
     )
@@ -755,12 +765,12 @@ def _renamed(value: Renamed) -> object:
 
 def _member_id(text: str) -> int:
     if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise _ApiError.invalid(f"member id {text!r} is not a positive integer")
+        raise ApiError.invalid(f"member id {text!r} is not a positive integer")
     return int(text)
 
 
-def _unauthorized(message: str) -> _ApiError:
-    return _ApiError(
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(
         401, ApiErrorCode.EACCES, message, headers={"WWW-Authenticate": 'Bearer realm="quorumfs"'}
     )
 
@@ -772,10 +782,10 @@ _REJECTED_CODES: Final[Mapping[int, str]] = {
 }
 
 
-def _rejected(exc: RejectedError) -> _ApiError:
+def _rejected(exc: RejectedError) -> ApiError:
     """The service refused the request for good (``contract.RejectedError``)."""
     status = exc.status if exc.status in _REJECTED_CODES else 400
-    return _ApiError(status, _REJECTED_CODES[status], exc.message)
+    return ApiError(status, _REJECTED_CODES[status], exc.message)
 
 
 def _http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -801,4 +811,4 @@ def _http_exception(request: web.Request, exc: web.HTTPException) -> web.Respons
         code, message = ErrorCode.EINVAL, f"bad request: {exc.reason}"
     else:
         code, message = ApiErrorCode.EIO, f"the master could not serve the request: {exc.reason}"
-    return _ApiError(exc.status, code, message, headers=headers).response()
+    return ApiError(exc.status, code, message, headers=headers).response()

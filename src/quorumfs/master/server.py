@@ -47,6 +47,8 @@ from quorumfs.runtime.wal import DiskStorage
 from quorumfs.runtime.wal.fileio import Durability, atomic_write
 
 from .contract import RAFT_PORT_OFFSET
+from .data_api import add_data_routes
+from .data_service import DataOptions, DataService
 from .http_api import build_app
 from .service import RaftMasterService
 from .state_machine import MasterStateMachine, MemberAddresses
@@ -75,6 +77,8 @@ class MasterOptions:
     election_tick: int = 10
     snapshot_every: int = 10_000
     fsync: bool = True
+    data: DataOptions = field(default_factory=DataOptions)
+    """Volume servers, placement and repair."""
 
     @property
     def http_address(self) -> str:
@@ -304,9 +308,19 @@ async def run_master(
     )
     node_holder.append(node)
     service = RaftMasterService(node, state, admin_token=admin_token_for(secret))
-    runner = web.AppRunner(build_app(service), access_log=None)
+    data = DataService(
+        service,
+        secret=secret,
+        leader_term=service.leader_term,
+        masters=lambda: [m.http for m in sorted(state.members.values(), key=lambda m: m.id)],
+        options=options.data,
+    )
+    state.on_applied(data.on_applied)
+    app = build_app(service, more_routes=add_data_routes(data))
+    runner = web.AppRunner(app, access_log=None)
     try:
         await node.start()
+        data.start()
         await transport.start()
         await runner.setup()
         http_host, http_port = _split(identity.http)
@@ -330,6 +344,7 @@ async def run_master(
         await stop.wait()
         logger.info("master %d stopping", identity.node_id)
     finally:
+        await data.close()
         await service.close()
         await runner.cleanup()
         await node.stop()

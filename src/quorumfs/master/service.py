@@ -75,6 +75,10 @@ class RaftMasterService:
     def is_leader(self) -> bool:
         return self.node.is_leader()
 
+    def leader_term(self) -> int | None:
+        """The current term while this master leads, else None."""
+        return self.node.leader_term()
+
     def leader_http(self) -> str | None:
         member = self.state.members.get(self.node.leader)
         return member.http if member is not None else None

@@ -19,7 +19,7 @@ import msgspec
 
 from quorumfs.raft import ConfChange, ConfChangeType, ConfState
 
-from .commands import decode_command
+from .commands import Command, decode_command
 from .namespace import Namespace
 from .results import ErrorCode, NamespaceError, Result
 
@@ -64,6 +64,7 @@ class MasterStateMachine:
         # Invariant: greater than every id ever added, so a removed id is never reused.
         self.next_member_id = 1
         self._membership_listeners: list[Callable[[], None]] = []
+        self._apply_listeners: list[Callable[[Command, Result[Any]], None]] = []
 
     def apply(self, index: int, command: bytes) -> Result[Any]:
         try:
@@ -73,7 +74,15 @@ class MasterStateMachine:
             return Result(
                 error=NamespaceError(ErrorCode.EINVAL, f"undecodable command: {error}", "")
             )
-        return self.namespace.apply(decoded)
+        result = self.namespace.apply(decoded)
+        for listener in self._apply_listeners:
+            listener(decoded, result)
+        return result
+
+    def on_applied(self, listener: Callable[[Command, Result[Any]], None]) -> None:
+        """Call ``listener(command, result)`` after each command is applied (on every
+        master; leader-only work must check leadership itself)."""
+        self._apply_listeners.append(listener)
 
     def apply_membership(self, index: int, change: ConfChange, conf: ConfState) -> None:
         if change.type is ConfChangeType.REMOVE_NODE:

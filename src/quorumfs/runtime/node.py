@@ -301,6 +301,11 @@ class RaftNode:
     def is_leader(self) -> bool:
         return self.raw.raft.role is Role.LEADER
 
+    def leader_term(self) -> int | None:
+        """The current term while this node leads (live core state), else None."""
+        raft = self.raw.raft
+        return raft.term if raft.role is Role.LEADER else None
+
     # -- the clock ---------------------------------------------------------------------
 
     async def _ticker(self) -> None:
