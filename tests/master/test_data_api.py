@@ -12,12 +12,12 @@ from typing import Any
 
 import msgspec
 from aiohttp.test_utils import TestClient, TestServer
-from test_http_api import REDIRECT_HEADER, Answer, Client, FakeService, assert_error, call
+from test_http_api import Answer, Client, FakeService, assert_error, call
 
 from quorumfs.master.commands import Command, Create
 from quorumfs.master.data_api import add_data_routes
 from quorumfs.master.data_service import DataOptions, DataService
-from quorumfs.master.http_api import build_app
+from quorumfs.master.http_api import REDIRECT_HEADER, build_app
 from quorumfs.master.results import Result
 from quorumfs.master.topology import TopologyOptions
 from quorumfs.tokens import TokenError, WriteTokenKey, volume_token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import pytest
 
@@ -22,7 +23,15 @@ GiB = 1 << 30
 OPTIONS = TopologyOptions(dead_after=3.0, replication_delay=10.0, orphan_grace=100.0)
 
 
-def beat(volume_id: int, *, full: bool = False, added=(), removed=(), corrupt=(), failed=()):
+def beat(
+    volume_id: int,
+    *,
+    full: bool = False,
+    added: Sequence[int] = (),
+    removed: Sequence[int] = (),
+    corrupt: Sequence[int] = (),
+    failed: Sequence[int] = (),
+) -> Heartbeat:
     return Heartbeat(
         address=f"10.0.0.{volume_id}:8080",
         volume_id=volume_id,
@@ -49,7 +58,9 @@ def namespace() -> Namespace:
     return ns
 
 
-def everyone_reports(topology: Topology, namespace: Namespace, now: float, holders=(1, 2)) -> None:
+def everyone_reports(
+    topology: Topology, namespace: Namespace, now: float, holders: Sequence[int] = (1, 2)
+) -> None:
     for v in (1, 2, 3, 4):
         topology.heartbeat(beat(v, full=True, added=[1] if v in holders else []), v, namespace, now)
 
