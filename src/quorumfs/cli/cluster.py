@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from quorumfs.master.contract import ClusterStatus, MemberInfo
+from quorumfs.wire import VolumesResponse
 
 from .http import (
     DEFAULT_MASTER,
@@ -64,6 +65,23 @@ def members(master: MasterOption = DEFAULT_MASTER, as_json: JsonOption = False) 
         console.print(_members_table(status, seen_by))
         for warning in status.warnings:
             console.print(Text(f"warning: {warning}", style="yellow"))
+
+
+@app.command("volumes")
+def volumes(master: MasterOption = DEFAULT_MASTER, as_json: JsonOption = False) -> None:
+    """Show the volume servers as the leader sees them: liveness, space, chunks, repairs."""
+    with reported_errors():
+        reply = MasterClient(master).request("GET", "/v1/volumes")
+        answer = _decode(reply.body, VolumesResponse, reply.address)
+        if as_json:
+            typer.echo(json.dumps(msgspec.to_builtins(answer), indent=2))
+            return
+        console = Console(highlight=False)
+        console.print(_volumes_table(answer))
+        console.print(
+            f"under-replicated chunks: {answer.under_replicated}    "
+            f"copies being made: {answer.repairs_in_flight}"
+        )
 
 
 @app.command("add")
@@ -151,6 +169,37 @@ def _members_table(status: ClusterStatus, seen_by: str) -> Table:
             "-" if member.last_contact_ms is None else f"{member.last_contact_ms} ms ago",
         )
     return table
+
+
+def _volumes_table(answer: VolumesResponse) -> Table:
+    table = Table(title="volume servers (as the leader sees them)", title_justify="left")
+    for column in ("ID", "ADDRESS", "STATE"):
+        table.add_column(column)
+    for column in ("USED", "FREE", "CHUNKS", "CORRUPT", "LAST HEARTBEAT"):
+        table.add_column(column, justify="right")
+    for volume in answer.volumes:
+        state = "WRITABLE" if volume.writable else "UP" if volume.alive else "DOWN"
+        style = {"WRITABLE": "bold green", "UP": "yellow", "DOWN": "red"}[state]
+        table.add_row(
+            str(volume.volume_id),
+            volume.address,
+            Text(state, style=style),
+            _size(volume.used),
+            _size(volume.free),
+            str(volume.chunks),
+            str(volume.corrupt),
+            "-" if volume.last_heartbeat_ms is None else f"{volume.last_heartbeat_ms} ms ago",
+        )
+    return table
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 def _decode(body: object, kind: type[T], address: str) -> T:
