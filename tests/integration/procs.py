@@ -1,8 +1,10 @@
-"""Real master processes on loopback, for integration tests.
+"""Real master and volume server processes on loopback, for integration tests.
 
 Each master is ``python -m quorumfs master`` with its own directory under the
 test's tmp_path and its stderr in ``<mdir>.log``; ports are picked free for
-both HTTP and Raft (HTTP + 10000). Waiting is always a poll with a deadline.
+both HTTP and Raft (HTTP + 10000). Each volume server is ``python -m quorumfs
+volume`` with its directory and log beside the masters'. Waiting is always a
+poll with a deadline.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class Master:
         self.address = f"127.0.0.1:{port}"
         self.log = root / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_args: tuple[str, ...] = ()
+        """Given on every start (e.g. data-path timings)."""
 
     def start(self, *args: str, secret: str | None = SECRET) -> None:
         env = dict(os.environ)
@@ -112,6 +116,7 @@ class Master:
             str(self.port),
             "--tick-ms",
             str(TICK_MS),
+            *self.extra_args,
             *args,
         ]
         with self.log.open("ab") as log:
@@ -158,9 +163,15 @@ class Master:
 
 
 class Cluster:
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, master_args: tuple[str, ...] = ()) -> None:
         self.root = root
-        self.masters = [Master(root, f"m{i}", free_port_pair()) for i in range(1, size + 1)]
+        self.master_args = master_args
+        self.masters = [self._new_master(f"m{i}") for i in range(1, size + 1)]
+
+    def _new_master(self, name: str) -> Master:
+        master = Master(self.root, name, free_port_pair())
+        master.extra_args = self.master_args
+        return master
 
     def start(self) -> None:
         """Found the group; if a port was taken meanwhile (by a parallel test), re-pick ports."""
@@ -177,12 +188,12 @@ class Cluster:
                     raise
                 self.stop()
                 self.masters = [
-                    Master(self.root, f"m{i}-retry{attempt}", free_port_pair())
+                    self._new_master(f"m{i}-retry{attempt}")
                     for i in range(1, len(self.masters) + 1)
                 ]
 
     def add(self, via: Master) -> Master:
-        master = Master(self.root, f"m{len(self.masters) + 1}", free_port_pair())
+        master = self._new_master(f"m{len(self.masters) + 1}")
         self.masters.append(master)
         master.start("--peers", via.address)
         master.wait_serving()
@@ -213,3 +224,114 @@ class Cluster:
     def stop(self) -> None:
         for master in self.masters:
             master.kill(signal.SIGTERM)
+
+
+PULSE_MS = 200
+"""Volume heartbeats in tests: fast, so a new leader has its picture within a moment."""
+
+
+class Volume:
+    def __init__(self, root: Path, name: str, port: int, masters: list[str]) -> None:
+        self.dir = root / name
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.masters = masters
+        self.log = root / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *args: str) -> None:
+        env = dict(os.environ)
+        env["QUORUMFS_CLUSTER_SECRET"] = SECRET
+        command = [
+            sys.executable,
+            "-m",
+            "quorumfs",
+            "volume",
+            "--dir",
+            str(self.dir),
+            "--port",
+            str(self.port),
+            "--mserver",
+            ",".join(self.masters),
+            "--pulse-ms",
+            str(PULSE_MS),
+            *args,
+        ]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def status(self) -> dict[str, Any] | None:
+        """Its /status, or None while it does not answer (for polling)."""
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(
+                f"volume server exited {self.process.returncode}:\n{self.log_text()}"
+            )
+        try:
+            result: dict[str, Any] = http("GET", self.address, "/status", timeout=2)
+            return result
+        except (OSError, HttpError):
+            return None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class DataCluster(Cluster):
+    """Masters plus volume servers: a whole file system on loopback.
+
+    Masters get ``master_args`` (e.g. a short ``--replication-delay``) and volume
+    heartbeats every ``PULSE_MS``."""
+
+    def __init__(
+        self, root: Path, *, masters: int = 3, volumes: int = 3, master_args: tuple[str, ...] = ()
+    ) -> None:
+        timings = ("--volume-pulse-ms", str(PULSE_MS), "--volume-dead-after", "1.5")
+        super().__init__(root, masters, (*timings, *master_args))
+        self.volume_count = volumes
+        self.volumes: list[Volume] = []
+
+    def start(self) -> None:
+        super().start()
+        addresses = [m.address for m in self.masters]
+        for i in range(1, self.volume_count + 1):
+            self.volumes.append(Volume(self.root, f"v{i}", free_port_pair(), addresses))
+        for volume in self.volumes:
+            volume.start()
+        self.wait_writable(len(self.volumes))
+
+    def master_list(self) -> str:
+        return ",".join(m.address for m in self.masters)
+
+    def volume_states(self) -> list[dict[str, Any]] | None:
+        leader = self.leader()
+        try:
+            answer: dict[str, Any] = http("GET", leader.address, "/v1/volumes", timeout=2)
+        except (OSError, HttpError):
+            return None
+        states: list[dict[str, Any]] = answer["volumes"]
+        return states
+
+    def wait_writable(self, count: int, timeout: float = 20.0) -> None:
+        def enough() -> bool:
+            for volume in self.volumes:
+                if volume.alive:
+                    volume.status()  # raises if it died
+            states = self.volume_states() or []
+            return sum(1 for v in states if v["writable"]) >= count
+
+        wait_for(enough, f"{count} writable volume servers", timeout)
+
+    def stop(self) -> None:
+        for volume in self.volumes:
+            volume.kill(signal.SIGTERM)
+        super().stop()
