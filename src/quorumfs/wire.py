@@ -58,6 +58,7 @@ __all__ = [
     "MAX_ALLOCATE",
     "MAX_CHUNK_SIZE",
     "TOKEN_HEADER",
+    "Accepted",
     "AllocateRequest",
     "AllocateResponse",
     "BadChunkReport",
@@ -166,7 +167,7 @@ class CommitRequest(_Body, frozen=True):
     mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)] | None = None
     owner: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     replication: Replication | None = None
-    mtime: int | None = None
+    mtime: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
     """Nanoseconds since the epoch; the master's clock when omitted."""
 
 
@@ -201,6 +202,12 @@ class FileContent(msgspec.Struct, frozen=True, kw_only=True):
     """Ordered by offset; gaps (and the tail after the last chunk) read as zeros."""
 
 
+class Accepted(msgspec.Struct, frozen=True):
+    """The 202 answer of ``/v1/fs/bad-chunk``: noted, acted on in the background."""
+
+    accepted: bool = True
+
+
 class BadChunkReport(_Body, frozen=True):
     """``POST /v1/fs/bad-chunk`` (leader): a client read a replica that failed its checksum
     or could not be served; the leader re-replicates from a good copy. Answered 202."""
@@ -221,7 +228,7 @@ class Heartbeat(_Body, frozen=True):
 
     address: Address
     """host:port where clients reach this server's HTTP API."""
-    volume_id: Annotated[int, msgspec.Meta(ge=0)] = 0
+    volume_id: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] = 0
     """0 on the very first heartbeat: the leader registers the server and answers its id,
     which the server keeps (in its directory) forever."""
     capacity: Bytes | None = None

@@ -25,8 +25,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDictProxy
 
+from quorumfs import wire
 from quorumfs.master import http_api
-from quorumfs.master.commands import Command, Create, Mkdir, SetAttr
+from quorumfs.master.commands import Chunk, Command, Create, Mkdir, SetAttr
 from quorumfs.master.contract import (
     ClusterStatus,
     MemberInfo,
@@ -36,6 +37,8 @@ from quorumfs.master.contract import (
     RejectedError,
     ServiceUnavailableError,
 )
+from quorumfs.master.data_api import add_data_routes
+from quorumfs.master.data_service import DataService
 from quorumfs.master.http_api import (
     FORWARDED_HEADER,
     REDIRECT_HEADER,
@@ -829,7 +832,9 @@ def test_openapi_document_matches_the_routes() -> None:
     document = json.loads(load_openapi_document())
     assert document["openapi"].startswith("3.1")
 
-    app = build_app(FakeService())
+    service = FakeService()
+    data = DataService(service, secret=b"x" * 20, leader_term=lambda: 1, masters=list)
+    app = build_app(service, more_routes=add_data_routes(data))  # starts nothing
     registered = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()
@@ -859,9 +864,15 @@ def test_openapi_document_matches_the_routes() -> None:
                 assert op["responses"], op["operationId"]
 
 
+def _shown(schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema as msgspec generates it: without the document's prose."""
+    return {k: v for k, v in schema.items() if k not in ("description", "examples")}
+
+
 def test_openapi_schemas_match_the_wire_structs() -> None:
     """Every field a Struct sends or accepts is documented, and nothing else; for
-    requests, ``required`` lists exactly the fields without a default."""
+    requests, ``required`` lists exactly the fields without a default. An array-like
+    Struct (``Chunk``) travels as a JSON array: one ``prefixItems`` entry per field."""
     schemas = json.loads(load_openapi_document())["components"]["schemas"]
     requests: list[type[msgspec.Struct]] = [
         http_api.MkdirRequest,
@@ -871,6 +882,10 @@ def test_openapi_schemas_match_the_wire_structs() -> None:
         http_api.SetAttrRequest,
         http_api.AddMemberRequest,
         http_api.TransferLeaderRequest,
+        wire.AllocateRequest,
+        wire.CommitRequest,
+        wire.BadChunkReport,
+        wire.Heartbeat,
     ]
     responses: list[type[msgspec.Struct]] = [
         Stat,
@@ -888,17 +903,39 @@ def test_openapi_schemas_match_the_wire_structs() -> None:
         http_api.HealthResponse,
         http_api.ErrorResponse,
         http_api.ErrorBody,
+        wire.AllocateResponse,
+        wire.ChunkGrant,
+        wire.WriteTarget,
+        wire.CommitResponse,
+        wire.FileContent,
+        wire.ChunkLocation,
+        wire.HeartbeatResponse,
+        wire.ReplicateTask,
+        wire.VolumesResponse,
+        wire.VolumeInfo,
+        wire.Accepted,
     ]
+    array_like: list[type[msgspec.Struct]] = [Chunk]
     _, generated = msgspec.json.schema_components(
-        requests + responses, ref_template="#/components/schemas/{name}"
+        requests + responses + array_like, ref_template="#/components/schemas/{name}"
     )
+    for struct in array_like:
+        assert struct.__struct_config__.array_like, struct
+        schema, expected = schemas[struct.__name__], generated[struct.__name__]
+        fields = msgspec.structs.fields(struct)
+        assert schema["type"] == "array"
+        assert [_shown(item) for item in schema["prefixItems"]] == expected["prefixItems"]
+        assert len(schema["prefixItems"]) == len(fields), struct
+        assert schema["minItems"] == expected["minItems"] == sum(f.required for f in fields)
+        for field, item in zip(fields, schema["prefixItems"], strict=True):
+            assert item["description"].startswith(f"{field.encode_name}:"), (struct, field)
     for struct in requests + responses:
+        assert not struct.__struct_config__.array_like, struct
         schema = schemas[struct.__name__]
         fields = msgspec.structs.fields(struct)
         assert list(schema["properties"]) == [f.encode_name for f in fields], struct
         for name, prop in schema["properties"].items():
-            shown = {k: v for k, v in prop.items() if k not in ("description", "examples")}
-            assert shown == generated[struct.__name__]["properties"][name], (struct, name)
+            assert _shown(prop) == generated[struct.__name__]["properties"][name], (struct, name)
         if struct in requests:
             assert schema["additionalProperties"] is False
             required = [f.encode_name for f in fields if f.required]

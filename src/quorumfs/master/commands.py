@@ -44,7 +44,7 @@ DEFAULT_FILE_MODE = 0o644
 DEFAULT_REPLICATION = 2
 
 
-class Chunk(msgspec.Struct, frozen=True, gc=False, array_like=True):
+class Chunk(msgspec.Struct, frozen=True, gc=False, array_like=True, forbid_unknown_fields=True):
     """One immutable piece of a file's content, stored whole on each of ``volume_ids``.
 
     Array-encoded and untracked by the garbage collector: a namespace holds

@@ -20,7 +20,7 @@ from typing import Final
 
 from aiohttp import web
 
-from quorumfs.wire import AllocateRequest, BadChunkReport, CommitRequest, Heartbeat
+from quorumfs.wire import Accepted, AllocateRequest, BadChunkReport, CommitRequest, Heartbeat
 
 from .data_service import DataService
 from .http_api import (
@@ -60,6 +60,7 @@ class _DataHandlers:
                 "heartbeats need `Authorization: Bearer <volume token>`, derived from the "
                 "cluster secret: start the volume server with the cluster's secret "
                 "(--secret or QUORUMFS_CLUSTER_SECRET)",
+                headers={"WWW-Authenticate": 'Bearer realm="quorumfs volumes"'},
             )
         raw = await _read_large(request)
         beat = decode_body(raw, Heartbeat)
@@ -84,6 +85,15 @@ class _DataHandlers:
         raw = await request.read()
         body = decode_body(raw, CommitRequest)
         check_path(body.path, "path")
+        for i, chunk in enumerate(body.chunks):
+            numbers = (chunk.chunk_id, chunk.offset, chunk.size, chunk.checksum, *chunk.volume_ids)
+            if not all(0 <= n <= _MAX_INT64 for n in numbers):
+                raise ApiError(
+                    400,
+                    ErrorCode.EINVAL,
+                    f"chunk {i} has a number outside 0..2**63-1 - at `$.chunks[{i}]`",
+                    path=body.path,
+                )
 
         async def run() -> web.Response:
             return json_response(await self.data.commit(body))
@@ -105,7 +115,7 @@ class _DataHandlers:
 
         async def run() -> web.Response:
             self.data.report_bad_chunk(body.chunk_id, body.volume_id, body.reason)
-            return json_response({"accepted": True}, status=202)
+            return json_response(Accepted(), status=202)
 
         return await self.api.on_leader(request, raw, run)
 
@@ -120,6 +130,7 @@ class _DataHandlers:
         return await self.api.on_leader(request, b"", run)
 
 
+_MAX_INT64: Final = 2**63 - 1
 MAX_HEARTBEAT_BYTES: Final = 64 * 1024 * 1024
 """A full chunk report is about 10 bytes per chunk: room for millions of chunks (other
 requests keep aiohttp's 1 MiB limit)."""

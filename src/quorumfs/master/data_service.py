@@ -63,11 +63,14 @@ from .commands import (
     CommitContent,
     RegisterVolume,
 )
-from .contract import MasterService, NotLeaderError, RejectedError, ServiceUnavailableError
+from .contract import MasterService, NotLeaderError, ServiceUnavailableError
 from .namespace import MAX_CHUNK_IDS_PER_ALLOCATION, Namespace
 from .results import (
     ContentCommitted,
     Deleted,
+    ErrorCode,
+    NamespaceError,
+    RefusedError,
     RegisteredVolume,
     Renamed,
     ReplicasReplaced,
@@ -261,10 +264,14 @@ class DataService:
         topology = self.topology()
         for chunk in request.chunks:
             if topology.was_collected(chunk.chunk_id):
-                raise RejectedError(
-                    f"chunk {chunk.chunk_id} was deleted as an orphan before this commit (the "
-                    "upload took longer than the orphan grace): upload the content again",
-                    status=409,
+                raise RefusedError(
+                    NamespaceError(
+                        ErrorCode.ECONFLICT,
+                        f"chunk {chunk.chunk_id} was deleted as an orphan before this commit "
+                        "(the upload took longer than the orphan grace): upload the content "
+                        "again",
+                        request.path,
+                    )
                 )
         command = CommitContent(
             path=request.path,
