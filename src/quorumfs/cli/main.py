@@ -6,7 +6,7 @@ import typer
 
 from quorumfs import __version__
 
-from . import local, master
+from . import local, master, server, volume
 from .cluster import app as cluster_app
 from .fs import app as fs_app
 
@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 app.command("local")(local.local)
 app.command("master")(master.master)
+app.command("volume")(volume.volume)
+app.command("server")(server.server)
 app.add_typer(fs_app, name="fs")
 app.add_typer(cluster_app, name="cluster")
 
