@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: cluster test check pytest sim-long soak bench bench-core bench-master bench-namespace lock clean
+.PHONY: cluster test check pytest sim-long soak bench bench-core bench-master bench-namespace bench-data lock clean
 
 # The product: a local cluster with embedded defaults.
 cluster: $(STAMP)
@@ -30,7 +30,7 @@ sim-long: $(STAMP)
 # Every long randomized run.
 soak: sim-long
 
-bench: bench-core bench-master bench-namespace
+bench: bench-core bench-master bench-namespace bench-data
 
 bench-core: $(STAMP)
 	$(BIN)/python bench/raft_core.py
@@ -41,6 +41,9 @@ bench-master: $(STAMP)
 
 bench-namespace: $(STAMP)
 	$(BIN)/python bench/namespace_1m.py --dir .
+
+bench-data: $(STAMP)
+	$(BIN)/python bench/data_path.py --dir .
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
