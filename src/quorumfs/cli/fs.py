@@ -1,4 +1,5 @@
-"""``quorumfs fs``: file-system commands, starting with ``masterInfo``.
+"""``quorumfs fs``: file-system commands: ``masterInfo`` here, the file commands
+(``put``, ``get``, ``cat``, ``ls``, ``stat``, ``mkdir``, ``rm``, ``mv``) in ``cli.files``.
 
 ``masterInfo`` prints who leads and which masters exist, in the format of
 GooseFS's ``fs masterInfo`` (HTTP addresses)::
@@ -20,6 +21,7 @@ import typer
 
 from quorumfs.master.contract import ClusterStatus
 
+from . import files
 from .http import (
     DEFAULT_MASTER,
     EXIT_UNAVAILABLE,
@@ -32,11 +34,13 @@ from .http import (
 
 app = typer.Typer(
     name="fs",
-    help="File-system commands (talk to the masters' HTTP API).",
+    help="File-system commands: files and directories, and who leads the masters.",
     no_args_is_help=True,
 )
 
 NO_LEADER = "(none: no quorum)"
+
+files.register(app)
 
 
 @app.command("masterInfo")

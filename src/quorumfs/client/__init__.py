@@ -1,13 +1,18 @@
-"""The Python client of quorumfs: the masters' namespace API, async first, plus a sync facade.
+"""The Python client of quorumfs: the masters' namespace API and file bytes, async first,
+plus a sync facade.
 
 Owns how a program talks to a group of masters as if it were one server: find
 the leader (from a list of masters, or any ``MasterSource``), follow redirects,
 ride through a leader change with retries bounded by a deadline, never repeat a
 write that is not safe to repeat, and raise one typed exception per outcome
-(``errors``). What each endpoint does is the masters' business
-(``quorumfs.master.http_api`` and its ``openapi.json``).
+(``errors``). It also moves file content to and from the volume servers
+(``put``, ``get``, ``read``, ``append``, ``write_at``, ``truncate``; see
+``_files``). What each endpoint does is the masters' and volume servers'
+business (``quorumfs.master.http_api`` and its ``openapi.json``, ``quorumfs.wire``).
 
 ::
+
+    from pathlib import Path
 
     from quorumfs.client import MasterClient, NotFound
 
@@ -18,6 +23,8 @@ write that is not safe to repeat, and raise one typed exception per outcome
             fs.stat("/data/missing")
         except NotFound:  # also a FileNotFoundError
             ...
+        fs.put("/data/raw/b.csv", Path("b.csv"))
+        head = fs.read("/data/raw/b.csv", 0, 100)
 
 ``AsyncMasterClient`` has the same methods as coroutines (``async with``).
 """
@@ -27,12 +34,15 @@ from quorumfs.master.http_api import DeleteResponse, RenameResponse
 from quorumfs.master.results import DirEntry, Kind, Stat, Totals
 
 from ._async import AsyncMasterClient, MasterInfo, RetryPolicy
+from ._files import Progress, Sink, Source, TransferPolicy
 from ._sources import MasterSource, StaticMasters, parse_address, parse_masters
 from ._sync import MasterClient
 from .errors import (
     AlreadyExists,
     Conflict,
+    DataUnavailable,
     DirectoryNotEmpty,
+    FileChanged,
     InvalidArgument,
     IsADirectory,
     NameTooLong,
@@ -43,6 +53,7 @@ from .errors import (
     ProtocolError,
     QuorumfsError,
     Unavailable,
+    WriteFailed,
 )
 
 __all__ = [
@@ -50,9 +61,11 @@ __all__ = [
     "AsyncMasterClient",
     "ClusterStatus",
     "Conflict",
+    "DataUnavailable",
     "DeleteResponse",
     "DirEntry",
     "DirectoryNotEmpty",
+    "FileChanged",
     "InvalidArgument",
     "IsADirectory",
     "Kind",
@@ -64,14 +77,19 @@ __all__ = [
     "NotFound",
     "OutcomeUnknown",
     "PermissionDenied",
+    "Progress",
     "ProtocolError",
     "QuorumfsError",
     "RenameResponse",
     "RetryPolicy",
+    "Sink",
+    "Source",
     "Stat",
     "StaticMasters",
     "Totals",
+    "TransferPolicy",
     "Unavailable",
+    "WriteFailed",
     "parse_address",
     "parse_masters",
 ]

@@ -3,10 +3,14 @@
 Owns talking to a group of masters as if it were one server: finding the leader,
 following its redirects, riding through a failover, bounding every wait, and
 turning every answer into a value or a typed exception (``errors``). Every
-method goes through ``_request``; nothing else sends a request except the
-leader probe it uses (``_discover``). Where the masters are comes from a
-``MasterSource`` (``_sources``); the wire shapes are the master's own
-(``quorumfs.master.results``, ``quorumfs.master.http_api``), decoded with msgspec.
+master call goes through ``_request``; nothing else sends a request to a master
+except the leader probe it uses (``_discover``). The data path's methods
+(``put``, ``get``, ``read``, ``iter_read``, ``append``, ``write_at``,
+``truncate``) delegate to ``_files``, which talks to the volume servers itself
+and to the masters only through this client's master calls. Where the masters
+are comes from a ``MasterSource`` (``_sources``); the wire shapes are the
+master's own (``quorumfs.master.results``, ``quorumfs.master.http_api``,
+``quorumfs.wire``), decoded with msgspec.
 
 Theory of operation (``_request``):
 
@@ -90,7 +94,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, NamedTuple, TypeVar
@@ -113,6 +117,7 @@ from quorumfs.master.http_api import (
 )
 from quorumfs.master.results import DirEntry, Stat, Totals
 from quorumfs.wire import (
+    DEFAULT_CHUNK_SIZE,
     AllocateRequest,
     AllocateResponse,
     BadChunkReport,
@@ -124,6 +129,14 @@ from quorumfs.wire import (
     VolumesResponse,
 )
 
+from ._files import (
+    DataPath,
+    Progress,
+    Sink,
+    Source,
+    TransferPolicy,
+    describe_failure,
+)
 from ._sources import MasterSource, StaticMasters
 from .errors import (
     NotFound,
@@ -295,6 +308,7 @@ class AsyncMasterClient:
         *,
         policy: RetryPolicy | None = None,
         token: str | None = None,
+        transfer: TransferPolicy | None = None,
     ) -> None:
         if isinstance(masters, str | Sequence):
             masters = StaticMasters(masters)
@@ -316,10 +330,16 @@ class AsyncMasterClient:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._data = DataPath(self, transfer or TransferPolicy())
+        """File bytes to and from the volume servers (``_files``)."""
 
     @property
     def policy(self) -> RetryPolicy:
         return self._policy
+
+    @property
+    def transfer(self) -> TransferPolicy:
+        return self._data.policy
 
     @property
     def leader(self) -> str | None:
@@ -349,6 +369,7 @@ class AsyncMasterClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        await self._data.close()
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -550,6 +571,73 @@ class AsyncMasterClient:
         )
         return _decode(answer, HeartbeatResponse)
 
+    # ----------------------------------------------- data path (volume servers)
+
+    async def put(
+        self,
+        path: str,
+        source: Source,
+        *,
+        replication: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: Progress | None = None,
+    ) -> Stat:
+        """Make ``source`` (bytes, a ``pathlib.Path``, a binary file object, an async
+        iterable of bytes) the content of ``path``, created or replaced atomically."""
+        return await self._data.put(
+            path, source, replication=replication, chunk_size=chunk_size, progress=progress
+        )
+
+    async def get(
+        self,
+        path: str,
+        sink: Sink,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Write the bytes of ``path`` to ``sink`` (a ``pathlib.Path``, replaced only when
+        complete, or a binary file object); how many were written."""
+        return await self._data.get(path, sink, offset=offset, length=length, progress=progress)
+
+    async def read(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        """The bytes of ``path`` from ``offset`` (``length`` of them, or to the end)."""
+        return await self._data.read(path, offset, length)
+
+    def iter_read(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """The bytes of ``path`` as an async iterator of pieces (a chunk at most each)."""
+        return self._data.iter_read(path, offset, length)
+
+    async def append(
+        self,
+        path: str,
+        source: Source,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: Progress | None = None,
+    ) -> Stat:
+        """Add ``source`` at the end of ``path`` (created if missing)."""
+        return await self._data.append(path, source, chunk_size=chunk_size, progress=progress)
+
+    async def write_at(
+        self,
+        path: str,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> Stat:
+        """Overwrite bytes of ``path`` at ``offset`` (past the end extends it; a gap reads
+        as zeros; a missing file is created)."""
+        return await self._data.write_at(path, offset, data, chunk_size=chunk_size)
+
+    async def truncate(self, path: str, size: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Stat:
+        """Cut ``path`` to ``size`` bytes, or extend it with zeros."""
+        return await self._data.truncate(path, size, chunk_size=chunk_size)
+
     # -------------------------------------------------------------- cluster
 
     async def cluster_status(self) -> ClusterStatus:
@@ -710,15 +798,16 @@ class AsyncMasterClient:
                 )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # Nothing was sent: no connection could be made (or none became free in time).
+            why = describe_failure(exc, self._policy.connect_timeout)
             raise _AttemptError(
-                f"cannot connect to {address}: {_describe(exc, self._policy.connect_timeout)}",
+                f"cannot connect to {address}: {why}",
                 (address,),
                 maybe_done=False,
             ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             cut_short = isinstance(exc, TimeoutError) and timeout < self._policy.request_timeout
             raise _AttemptError(
-                f"no answer from {address}: {_describe(exc, timeout)}"
+                f"no answer from {address}: {describe_failure(exc, timeout)}"
                 + (" (the call's deadline came)" if cut_short else ""),
                 (address,),
                 maybe_done=True,
@@ -969,16 +1058,3 @@ def _redirect_address(answer: _Answer) -> str:
             f"{answer.address} redirected to {location!r}, which is not an http:// URL of a master"
         )
     return parts.netloc
-
-
-def _describe(exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        inner = exc.os_error
-        if isinstance(inner, ConnectionRefusedError):
-            return "connection refused"
-        return str(inner.strerror or inner) if inner is not None else str(exc)
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout:g} s"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the connection was closed before the answer"
-    return str(exc) or type(exc).__name__

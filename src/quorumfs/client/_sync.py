@@ -26,15 +26,17 @@ import concurrent.futures
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from quorumfs.master.contract import ClusterStatus
 from quorumfs.master.http_api import DeleteResponse, RenameResponse
 from quorumfs.master.results import DirEntry, Stat, Totals
+from quorumfs.wire import DEFAULT_CHUNK_SIZE
 
 from ._async import AsyncMasterClient, MasterInfo, RetryPolicy
+from ._files import Progress, Sink, Source, TransferPolicy
 from ._sources import MasterSource
 
 __all__ = ["MasterClient"]
@@ -57,8 +59,9 @@ class MasterClient:
         masters: str | Sequence[str] | MasterSource,
         *,
         policy: RetryPolicy | None = None,
+        transfer: TransferPolicy | None = None,
     ) -> None:
-        self._client = AsyncMasterClient(masters, policy=policy)
+        self._client = AsyncMasterClient(masters, policy=policy, transfer=transfer)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="quorumfs-client", daemon=True
@@ -186,6 +189,90 @@ class MasterClient:
         """Change the given attributes of ``path``."""
         return self._run(self._client.setattr, path, mode=mode, owner=owner, mtime=mtime)
 
+    # ----------------------------------------------- data path (volume servers)
+
+    def put(
+        self,
+        path: str,
+        source: Source,
+        *,
+        replication: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: Progress | None = None,
+    ) -> Stat:
+        """Make ``source`` the content of ``path``, created or replaced atomically.
+        ``progress`` is called from the client's thread."""
+        return self._run(
+            self._client.put,
+            path,
+            source,
+            replication=replication,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
+
+    def get(
+        self,
+        path: str,
+        sink: Sink,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Write the bytes of ``path`` to ``sink``; how many were written."""
+        return self._run(
+            self._client.get, path, sink, offset=offset, length=length, progress=progress
+        )
+
+    def read(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        """The bytes of ``path`` from ``offset`` (``length`` of them, or to the end)."""
+        return self._run(self._client.read, path, offset, length)
+
+    def iter_read(
+        self, path: str, offset: int = 0, length: int | None = None
+    ) -> Generator[bytes, None, None]:
+        """The bytes of ``path`` in pieces (a chunk at most each), fetched as they are asked
+        for; close the iterator (or finish it) to release what is fetched ahead."""
+        pieces = self._client.iter_read(path, offset, length)
+        try:
+            while True:
+                try:
+                    yield self._run(_next_piece, pieces)
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self.closed:
+                self._run(_close_pieces, pieces)
+
+    def append(
+        self,
+        path: str,
+        source: Source,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: Progress | None = None,
+    ) -> Stat:
+        """Add ``source`` at the end of ``path`` (created if missing)."""
+        return self._run(
+            self._client.append, path, source, chunk_size=chunk_size, progress=progress
+        )
+
+    def write_at(
+        self,
+        path: str,
+        offset: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> Stat:
+        """Overwrite bytes of ``path`` at ``offset`` (past the end extends it)."""
+        return self._run(self._client.write_at, path, offset, data, chunk_size=chunk_size)
+
+    def truncate(self, path: str, size: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Stat:
+        """Cut ``path`` to ``size`` bytes, or extend it with zeros."""
+        return self._run(self._client.truncate, path, size, chunk_size=chunk_size)
+
     # -------------------------------------------------------------- cluster
 
     def cluster_status(self) -> ClusterStatus:
@@ -195,6 +282,14 @@ class MasterClient:
     def master_info(self) -> MasterInfo:
         """The current leader and all masters."""
         return self._run(self._client.master_info)
+
+
+async def _next_piece(pieces: AsyncGenerator[bytes, None]) -> bytes:
+    return await anext(pieces)
+
+
+async def _close_pieces(pieces: AsyncGenerator[bytes, None]) -> None:
+    await pieces.aclose()
 
 
 def _shut_down(

@@ -33,7 +33,9 @@ from typing import Any, ClassVar, Final
 __all__ = [
     "AlreadyExists",
     "Conflict",
+    "DataUnavailable",
     "DirectoryNotEmpty",
+    "FileChanged",
     "InvalidArgument",
     "IsADirectory",
     "NameTooLong",
@@ -44,6 +46,7 @@ __all__ = [
     "ProtocolError",
     "QuorumfsError",
     "Unavailable",
+    "WriteFailed",
     "error_for_code",
 ]
 
@@ -221,6 +224,68 @@ class ProtocolError(QuorumfsError):
     quorumfs master's HTTP port, or the master speaks another version."""
 
     default_code = "EPROTO"
+
+
+# ------------------------------------------------------------------ data path
+
+
+class DataUnavailable(QuorumfsError):
+    """A chunk of a file could not be read from any of its replicas (``EIO``): each volume
+    server holding it was unreachable, answered an error, or served bytes that failed the
+    checksum. ``chunk_id`` names the chunk, ``failures`` says what each replica did."""
+
+    default_code = "EIO"
+
+    def __init__(
+        self, message: str, *, path: str = "", chunk_id: int = 0, failures: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, path=path)
+        self.chunk_id = chunk_id
+        self.failures = failures
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_data_unavailable, (self.message, self.path, self.chunk_id, self.failures))
+
+
+class WriteFailed(QuorumfsError):
+    """File bytes could not be stored on the volume servers (``code``: ``EIO``, or the volume
+    server's code when it refused the write, e.g. ``E2BIG``). Nothing was committed: the file
+    is as it was. ``failures`` says what each attempt met."""
+
+    default_code = "EIO"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        path: str = "",
+        failures: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, code=code, path=path)
+        self.failures = failures
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_write_failed, (self.message, self.code, self.path, self.failures))
+
+
+class FileChanged(QuorumfsError):
+    """The file was replaced while it was being read (``ESTALE``): the chunks of the version
+    being read are gone. Nothing of the newer version was mixed in; read it again."""
+
+    default_code = "ESTALE"
+
+
+def _rebuild_data_unavailable(
+    message: str, path: str, chunk_id: int, failures: tuple[str, ...]
+) -> DataUnavailable:
+    return DataUnavailable(message, path=path, chunk_id=chunk_id, failures=failures)
+
+
+def _rebuild_write_failed(
+    message: str, code: str, path: str, failures: tuple[str, ...]
+) -> WriteFailed:
+    return WriteFailed(message, code=code, path=path, failures=failures)
 
 
 # ----------------------------------------------------------------------- table
