@@ -1417,3 +1417,15 @@ def test_commit_with_create_refuses_another_files_chunk(ns: Namespace) -> None:
         path="/docs/new", chunks=(chunk(3, 0, 7),), size=7, mtime=1, create=True
     )
     assert refuse(ns, command).code is ErrorCode.EINVAL
+
+
+def test_a_kept_chunk_keeps_its_current_replicas(ns: Namespace) -> None:
+    """A writer's stale replica list for a chunk it keeps must not undo a repair."""
+    ns.apply(RegisterVolume(address="10.0.0.3:8080")).unwrap()
+    ns.apply(ReplaceChunkReplicas(chunk_id=1, expected=(1, 2), volume_ids=(2, 3))).unwrap()
+    stale = ns.lookup_chunks("/docs/readme").unwrap().chunks
+    as_read = (Chunk(1, 0, 100, stale[0].checksum, (1, 2)), stale[1])
+    ns.apply(commit("/docs/readme", (*as_read, chunk(4, 150, 10)))).unwrap()
+    assert ns.lookup_chunks("/docs/readme").unwrap().chunks[0].volume_ids == (2, 3)
+    changed = Chunk(1, 0, 99, stale[0].checksum, (2, 3))
+    assert refuse(ns, commit("/docs/readme", (changed,))).code is ErrorCode.EINVAL

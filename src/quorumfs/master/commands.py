@@ -124,7 +124,10 @@ class CommitContent(_Command, frozen=True, tag="commit_content"):
     path: str
     chunks: tuple[Chunk, ...]
     """Ordered by offset, not overlapping, all within ``size``. A chunk of the
-    current content may be kept (an append lists the old chunks plus new ones)."""
+    current content may be kept (an append lists the old chunks plus new ones);
+    it keeps its current ``volume_ids`` whatever the command says (a repair may
+    have moved it since the writer read it), and its size and checksum must not
+    change."""
     size: int
     mtime: int
     expected_version: int | None = None

@@ -266,7 +266,7 @@ class DataService:
             if topology.was_collected(chunk.chunk_id):
                 raise RefusedError(
                     NamespaceError(
-                        ErrorCode.ECONFLICT,
+                        ErrorCode.EINVAL,
                         f"chunk {chunk.chunk_id} was deleted as an orphan before this commit "
                         "(the upload took longer than the orphan grace): upload the content "
                         "again",

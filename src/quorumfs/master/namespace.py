@@ -484,6 +484,7 @@ class Namespace:
             )
         for chunk in chunks:
             self._check_chunk_references(chunk, inode_id, path, doing)
+        chunks = _keep_current_replicas(chunks, file.chunks, path, doing)
 
         if new_file is not None:
             parent, name = new_file
@@ -896,6 +897,41 @@ def _check_attributes(
                 doing,
                 f"the owner must be 1 to {MAX_OWNER_BYTES} bytes of UTF-8 without NUL",
             )
+
+
+def _keep_current_replicas(
+    chunks: tuple[Chunk, ...], current: tuple[Chunk, ...], path: str, doing: str
+) -> tuple[Chunk, ...]:
+    """``chunks`` with each chunk the file already holds carrying its current replica list.
+
+    The list a writer sends for a kept chunk is what it read, and a repair may have
+    changed it since (``ReplaceChunkReplicas`` does not bump the file's version): taking
+    the writer's would undo the repair. A kept chunk's bytes cannot change either: its
+    size and checksum must be the ones committed."""
+    if not current:
+        return chunks
+    held = {chunk.chunk_id: chunk for chunk in current}
+    result = []
+    for chunk in chunks:
+        old = held.get(chunk.chunk_id)
+        if old is None:
+            result.append(chunk)
+            continue
+        if (chunk.size, chunk.checksum) != (old.size, old.checksum):
+            _refuse(
+                ErrorCode.EINVAL,
+                path,
+                doing,
+                f"chunk {chunk.chunk_id} is already part of the file with size {old.size} and "
+                f"checksum {old.checksum}; a chunk's content never changes (write a new chunk)",
+            )
+        if chunk.volume_ids == old.volume_ids:
+            result.append(chunk)
+        else:
+            result.append(
+                Chunk(chunk.chunk_id, chunk.offset, chunk.size, chunk.checksum, old.volume_ids)
+            )
+    return tuple(result)
 
 
 def _check_replication(replication: int, path: str, doing: str) -> None:
