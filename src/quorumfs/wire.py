@@ -321,6 +321,8 @@ class VolumeErrorCode(enum.StrEnum):
     ELENGTH    411    a write without Content-Length
     E2BIG      413    a chunk larger than ``MAX_CHUNK_SIZE``
     ERANGE     416    a range outside the chunk
+    ENOSYS     404    no such endpoint (405 when the path exists, not the method)
+    EAGAIN     503    not registered with the masters yet (just started): retry
     ECORRUPT   500    the stored copy failed its checksum: read another replica
     ENOSPC     507    the server is full
     EROFS      503    the server stopped taking writes (a failed fsync): restart it
@@ -338,6 +340,8 @@ class VolumeErrorCode(enum.StrEnum):
     ECORRUPT = "ECORRUPT"
     ENOSPC = "ENOSPC"
     EROFS = "EROFS"
+    ENOSYS = "ENOSYS"
+    EAGAIN = "EAGAIN"
     EIO = "EIO"
 
 

@@ -121,7 +121,9 @@ def test_ranges_overwrite_append_and_truncate(client: MasterClient) -> None:
 # -------------------------------------------------------------------- bad input
 
 
-def test_bad_input_is_refused_and_changes_nothing(client: MasterClient, cluster: DataCluster) -> None:
+def test_bad_input_is_refused_and_changes_nothing(
+    client: MasterClient, cluster: DataCluster
+) -> None:
     with pytest.raises(NotFound):
         client.put("/no/such/dir/f", b"data")
     with pytest.raises(InvalidArgument):

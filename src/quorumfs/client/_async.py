@@ -966,7 +966,8 @@ class AsyncMasterClient:
     def _unavailable(self, call: _Call, reason: str, attempts: int, elapsed: float) -> Unavailable:
         return Unavailable(
             f"{call.describe()}: no master could serve the request ({attempts} attempts in "
-            f"{elapsed:.1f} s, deadline {self._policy.deadline:g} s; last: {reason}); check "
+            f"{elapsed:.1f} s, deadline {call.deadline or self._policy.deadline:g} s; last: "
+            f"{reason}); check "
             "that a majority of the masters is running and reachable",
             reason=reason,
             path=call.subject,

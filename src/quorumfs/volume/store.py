@@ -752,6 +752,11 @@ class ChunkStore:
                 self.sync()
         return infos
 
+    @property
+    def writable(self) -> bool:
+        """False once a failed write or fsync stopped all writes (or the store is closed)."""
+        return self._failed is None and not self._closed
+
     def sync(self) -> None:
         """Make every write and delete that has returned durable."""
         active = self._active
