@@ -125,6 +125,8 @@ class DataService:
         self._ids_lock = asyncio.Lock()
         self._register_lock = asyncio.Lock()
         self._repair_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        """Replica commits started from heartbeats (kept referenced until done)."""
         self._wake = asyncio.Event()
 
     # ---------------------------------------------------------------- lifecycle
@@ -133,9 +135,10 @@ class DataService:
         self._repair_task = asyncio.create_task(self._repair_loop(), name="quorumfs-repair")
 
     async def close(self) -> None:
-        if self._repair_task is not None:
-            self._repair_task.cancel()
-            await asyncio.gather(self._repair_task, return_exceptions=True)
+        tasks = [*self._background, *([self._repair_task] if self._repair_task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def volume_token_ok(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(token, self._volume_token)
@@ -180,7 +183,9 @@ class DataService:
         if topology.dirty:
             self._wake.set()
         if plan.commits:
-            asyncio.create_task(self._commit_replicas(plan))  # noqa: RUF006 - bounded, logged
+            task = asyncio.create_task(self._commit_replicas(plan))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return HeartbeatResponse(
             volume_id=volume_id,
             leader_term=term,
@@ -413,10 +418,7 @@ class DataService:
 
 
 def _committed(namespace: Namespace, chunk_ids: Sequence[int]) -> Iterator[tuple[Chunk, int]]:
-    for chunk_id in chunk_ids:
-        found = namespace.chunk(chunk_id)
-        if found is not None:
-            yield found
+    yield from namespace.chunks_by_id(chunk_ids).values()
 
 
 def _unwrap(result: Result[Any]) -> Any:

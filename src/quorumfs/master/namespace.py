@@ -44,6 +44,7 @@ two validated paths); owner strings interned.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final, NoReturn, assert_never, overload
 
 import msgspec
@@ -630,15 +631,27 @@ class Namespace:
 
     def chunk(self, chunk_id: ChunkId) -> tuple[Chunk, int] | None:
         """A committed chunk and its file's replication, if any file holds it."""
-        inode_id = self._chunk_inode.get(chunk_id)
-        if inode_id is None:
-            return None
-        file = self._inodes[inode_id]
-        assert isinstance(file, _File), "the chunk index names files only"
-        for chunk in file.chunks:
-            if chunk.chunk_id == chunk_id:
-                return chunk, file.replication
-        raise AssertionError(f"the chunk index is out of step for chunk {chunk_id}")
+        return self.chunks_by_id((chunk_id,)).get(chunk_id)
+
+    def chunks_by_id(self, chunk_ids: Iterable[ChunkId]) -> dict[ChunkId, tuple[Chunk, int]]:
+        """The committed chunks among ``chunk_ids``, each with its file's replication.
+
+        Each file is scanned once however many of its chunks are asked for, so a
+        volume server's full report costs time in proportion to its chunks, even
+        when one file has thousands of them."""
+        wanted_by_file: dict[InodeId, set[ChunkId]] = {}
+        for chunk_id in chunk_ids:
+            inode_id = self._chunk_inode.get(chunk_id)
+            if inode_id is not None:
+                wanted_by_file.setdefault(inode_id, set()).add(chunk_id)
+        found: dict[ChunkId, tuple[Chunk, int]] = {}
+        for inode_id, wanted in wanted_by_file.items():
+            file = self._inodes[inode_id]
+            assert isinstance(file, _File), "the chunk index names files only"
+            for chunk in file.chunks:
+                if chunk.chunk_id in wanted:
+                    found[chunk.chunk_id] = (chunk, file.replication)
+        return found
 
     def chunk_ids(self) -> tuple[ChunkId, ...]:
         """Every committed chunk id, in no particular order (a copy: safe to hold)."""

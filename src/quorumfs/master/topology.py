@@ -53,8 +53,8 @@ __all__ = ["RepairPlan", "Topology", "TopologyOptions", "VolumeServer"]
 _MAX_TASKS_PER_ANSWER: Final = 16
 """Replication tasks handed to one server per heartbeat (it runs 2 at a time)."""
 _MAX_DELETES_PER_ANSWER: Final = 10_000
-_COLLECTED_MEMORY: Final = 100_000
-"""How many collected orphans are remembered (to refuse a late commit naming one)."""
+_REMEMBERED: Final = 100_000
+"""How many released chunks, and collected orphans, a leader remembers."""
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,11 @@ class Topology:
         self.committed_at: dict[int, float] = {}
         """Chunks committed during this leadership -> when; a server's report older than
         that may not list them yet."""
-        self.released: set[int] = set()
-        """Chunks this leader saw released (garbage at once wherever reported)."""
+        self.released: dict[int, None] = {}
+        """Chunks this leader saw released: garbage at once wherever reported (insertion-
+        ordered, the newest ``_REMEMBERED`` kept; one forgotten is collected as an orphan)."""
         self.collected: dict[int, None] = {}
-        """Orphans deleted by this leader (insertion-ordered, bounded)."""
+        """Orphans deleted by this leader (insertion-ordered, the newest ``_REMEMBERED``)."""
         self.under_replicated = 0
         self.dirty = True
         """Something changed that a repair scan should look at."""
@@ -189,8 +190,9 @@ class Topology:
         if not need_full:
             server.reported_at = now
             reported = beat.added if beat.full_report else [*beat.added, *beat.corrupt]
+            committed = namespace.chunks_by_id(reported)
             for chunk_id in reported:
-                self._check_reported(server, chunk_id, namespace, now, plan)
+                self._check_reported(server, chunk_id, committed.get(chunk_id), now, plan)
             self._collect_orphans(server, now)
         deletes = sorted(server.to_delete)[:_MAX_DELETES_PER_ANSWER]
         server.to_delete.difference_update(deletes)
@@ -203,12 +205,11 @@ class Topology:
         self,
         server: VolumeServer,
         chunk_id: int,
-        namespace: Namespace,
+        found: tuple[Chunk, int] | None,
         now: float,
         plan: RepairPlan,
     ) -> None:
         """A chunk ``server`` says it holds: garbage, a finished repair, or surplus?"""
-        found = namespace.chunk(chunk_id)
         if found is None:
             if chunk_id in self.released:
                 server.to_delete.add(chunk_id)
@@ -252,9 +253,7 @@ class Topology:
             if now - first_seen >= self.options.orphan_grace:
                 del server.orphans_seen[chunk_id]
                 server.to_delete.add(chunk_id)
-                self.collected[chunk_id] = None
-                if len(self.collected) > _COLLECTED_MEMORY:
-                    del self.collected[next(iter(self.collected))]
+                _remember(self.collected, chunk_id)
 
     # -------------------------------------------------------------- events
 
@@ -268,7 +267,7 @@ class Topology:
     def release(self, chunks: Iterable[Chunk]) -> None:
         """Chunks no file holds any more: tell their servers to delete them."""
         for chunk in chunks:
-            self.released.add(chunk.chunk_id)
+            _remember(self.released, chunk.chunk_id)
             self.repairs.pop(chunk.chunk_id, None)
             for volume_id in chunk.volume_ids:
                 server = self.servers.get(volume_id)
@@ -445,6 +444,12 @@ class Topology:
         return sorted(
             ids, key=lambda v: not (v in self.servers and self.servers[v].alive(now, self.options))
         )
+
+
+def _remember(memory: dict[int, None], chunk_id: int) -> None:
+    memory[chunk_id] = None
+    if len(memory) > _REMEMBERED:
+        del memory[next(iter(memory))]
 
 
 def _choose(candidates: list[VolumeServer], count: int, rng: random.Random) -> list[VolumeServer]:
