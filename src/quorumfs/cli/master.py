@@ -46,21 +46,26 @@ def master(
         typer.Option(help="fsync the journal before acknowledging (never turn off in production)."),
     ] = True,
     volume_pulse_ms: Annotated[
-        int, typer.Option(help="How often volume servers heartbeat to the leader (ms).")
+        int, typer.Option(help="How often volume servers heartbeat to the leader (ms).", min=50)
     ] = 1000,
     volume_dead_after: Annotated[
         float,
-        typer.Option(help="Seconds without a heartbeat before a volume server counts as down."),
+        typer.Option(
+            help="Seconds without a heartbeat before a volume server counts as down.", min=0.1
+        ),
     ] = 5.0,
     replication_delay: Annotated[
         float,
         typer.Option(
-            help="Seconds a volume server must be down before its chunks are re-replicated."
+            help="Seconds a volume server must be down before its chunks are re-replicated.",
+            min=0.0,
         ),
     ] = 60.0,
     orphan_grace: Annotated[
         float,
-        typer.Option(help="Seconds before an uploaded but never committed chunk is deleted."),
+        typer.Option(
+            help="Seconds before an uploaded but never committed chunk is deleted.", min=1.0
+        ),
     ] = 3600.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
