@@ -91,26 +91,23 @@ def local(
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
+
+        def spawn(name: str, *args: str) -> None:
+            log = (directory / f"{name}.log").open("ab")
+            command = [sys.executable, "-m", "quorumfs", *args]
+            processes.append(subprocess.Popen(command, stdout=log, stderr=log, env=env))
+            names.append(name)
+
         for i, address in enumerate(addresses, start=1):
-            log = (directory / f"master{i}.log").open("ab")
-            command = [
-                sys.executable, "-m", "quorumfs", "master",
-                "--mdir", str(directory / f"master{i}"),
-                "--port", address.rpartition(":")[2],
-                "--peers", ",".join(addresses),
-            ]  # fmt: skip
-            processes.append(subprocess.Popen(command, stdout=log, stderr=log, env=env))
-            names.append(f"master{i}")
+            spawn(
+                f"master{i}", "master", "--mdir", str(directory / f"master{i}"),
+                "--port", address.rpartition(":")[2], "--peers", ",".join(addresses),
+            )  # fmt: skip
         for i, address in enumerate(volume_addresses, start=1):
-            log = (directory / f"volume{i}.log").open("ab")
-            command = [
-                sys.executable, "-m", "quorumfs", "volume",
-                "--dir", str(directory / f"volume{i}"),
-                "--port", address.rpartition(":")[2],
-                "--mserver", ",".join(addresses),
-            ]  # fmt: skip
-            processes.append(subprocess.Popen(command, stdout=log, stderr=log, env=env))
-            names.append(f"volume{i}")
+            spawn(
+                f"volume{i}", "volume", "--dir", str(directory / f"volume{i}"),
+                "--port", address.rpartition(":")[2], "--mserver", ",".join(addresses),
+            )  # fmt: skip
         leader = None
         deadline = time.monotonic() + 30
         while leader is None and not stopping and time.monotonic() < deadline:
