@@ -21,8 +21,13 @@ Writing (``put``, and the new bytes of every change):
    iterable) cannot be read twice: it is read into one chunk buffer at a time.
 2. Each span takes a grant (chunk id, targets, write tokens) from a pool that
    ``allocate`` fills in batches (at most ``wire.MAX_ALLOCATE``) just before use:
-   tokens expire, so a pooled grant close to its expiry is dropped.
-3. The span is read in pieces of ``IO_SIZE`` and each piece goes to every target
+   tokens expire, so a pooled grant close to its expiry is dropped. A small put
+   (one chunk, from bytes or a seekable file) first tries the client's *spare
+   grants* (``_Spares``), which saves it the allocate round trip; see "Spare
+   grants" below.
+3. A span in memory of at most ``IO_SIZE`` bytes (bytes given to ``put``, a
+   buffered stream chunk) is sent as one body to every target at once. Any other
+   span is read in pieces of ``IO_SIZE`` and each piece goes to every target
    at once (``_Tee``: one short queue per target, so memory stays at a few pieces
    per target and the slowest target sets the pace; a target whose request ended
    leaves the tee and the others go on). The CRC-32C is computed on the way and
@@ -37,6 +42,23 @@ Writing (``put``, and the new bytes of every change):
    the missing copies later, as for a grant with fewer targets than wanted.
 5. ``in_flight`` chunks are written at once (one for a stream, plus the one being
    buffered); then one commit makes them the file's content, atomically.
+
+Spare grants. A grant is not tied to a path: it is a chunk id, volume servers and
+tokens. What the path decides is how many copies (an existing file's
+``replication`` wins over the request's). So when a small put has to allocate, it
+asks for ``grant_pool`` more grants than it needs and keeps them, per number of
+copies, for the client's next small puts, but only when the leader answered the
+copies the put wanted (``replication``, else the master's default): the path did
+not exist or had that replication. A later small put that wants the same number of
+copies takes one (if its tokens have ``grant_pool_margin`` seconds left) instead of
+calling ``allocate``. It commits as any put does; the commit's answer states the
+file's replication, and if the file already existed and wants more copies than the
+spare grant had, the put is done again the ordinary way (allocate for the path,
+upload, commit) before it returns, so an acknowledged put always has the copies its
+file wants (the first commit's chunks are released and deleted). A file that wants
+fewer copies just holds a surplus copy, which the leader removes. Spare grants that
+are never used cost nothing: their ids are never committed. Grants naming a volume
+server that just failed, or whose token a volume server refused, are dropped.
 
 Reading: one ``file_content`` gives a consistent chunk list; the range is cut
 into pieces of chunks and holes (zeros). A piece is fetched into memory (at most
@@ -88,7 +110,7 @@ import msgspec
 from crc32c import crc32c
 
 from quorumfs import __version__
-from quorumfs.master.commands import Chunk
+from quorumfs.master.commands import DEFAULT_REPLICATION, Chunk
 from quorumfs.master.http_api import ErrorResponse
 from quorumfs.master.results import Stat
 from quorumfs.wire import (
@@ -171,11 +193,22 @@ class TransferPolicy:
     """Grants asked for at once (at most ``wire.MAX_ALLOCATE``)."""
     token_margin: float = 10.0
     """Seconds: a pooled grant whose tokens expire sooner is not used."""
+    grant_pool: int = 16
+    """Spare grants a client keeps per number of copies for its next small puts (one
+    chunk), asked for along with a put's own; 0: none (every put allocates)."""
+    grant_pool_margin: float = 30.0
+    """Seconds: a spare grant whose tokens expire sooner is not used."""
     report_timeout: float = 2.0
     """Seconds a read waits for its reports of bad replicas to reach the leader."""
 
     def __post_init__(self) -> None:
-        for name in ("connect_timeout", "read_timeout", "token_margin", "report_timeout"):
+        for name in (
+            "connect_timeout",
+            "read_timeout",
+            "token_margin",
+            "grant_pool_margin",
+            "report_timeout",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value > 0):
                 raise ValueError(f"TransferPolicy.{name} must be a positive number, not {value!r}")
@@ -184,6 +217,8 @@ class TransferPolicy:
                 raise ValueError(f"TransferPolicy.{name} must be at least 1")
         if self.read_ahead < 0:
             raise ValueError("TransferPolicy.read_ahead must be at least 0")
+        if self.grant_pool < 0:
+            raise ValueError("TransferPolicy.grant_pool must be at least 0")
 
 
 class Masters(Protocol):
@@ -214,6 +249,7 @@ class DataPath:
             total=None, sock_connect=policy.connect_timeout, sock_read=policy.read_timeout
         )
         self._session: aiohttp.ClientSession | None = None
+        self._spares = _Spares(policy)
 
     @property
     def policy(self) -> TransferPolicy:
@@ -249,7 +285,27 @@ class DataPath:
         _check_chunk_size(chunk_size)
         async with _open_source(source) as opened:
             meter = _Meter(progress, opened.size)
-            chunks, size = await self._upload(path, opened, replication, chunk_size, meter)
+            small = isinstance(opened, _RandomAccess) and 0 < opened.size <= chunk_size
+            if small and self._policy.grant_pool:
+                grants = self._grants(path, opened, replication, chunk_size, spares=True)
+                chunks, size = await self._upload(path, opened, grants, chunk_size, meter)
+                stat = await self._commit_put(path, chunks, size, replication)
+                if grants.borrowed is None or stat.replication <= grants.borrowed:
+                    return stat
+                logger.debug(
+                    "%s wants %d copies, its spare grant had %d: writing it again",
+                    path,
+                    stat.replication,
+                    grants.borrowed,
+                )
+                meter.add(-size)
+            grants = self._grants(path, opened, replication, chunk_size)
+            chunks, size = await self._upload(path, opened, grants, chunk_size, meter)
+        return await self._commit_put(path, chunks, size, replication)
+
+    async def _commit_put(
+        self, path: str, chunks: list[Chunk], size: int, replication: int | None
+    ) -> Stat:
         request = CommitRequest(
             path=path, chunks=chunks, size=size, create=True, replication=replication
         )
@@ -310,7 +366,8 @@ class DataPath:
         _check_chunk_size(chunk_size)
         async with _open_source(source) as opened:
             meter = _Meter(progress, opened.size)
-            added, added_size = await self._upload(path, opened, None, chunk_size, meter)
+            grants = self._grants(path, opened, None, chunk_size)
+            added, added_size = await self._upload(path, opened, grants, chunk_size, meter)
 
         async def appended(content: FileContent | None) -> _Edit:
             end = 0 if content is None else content.size
@@ -461,32 +518,47 @@ class DataPath:
         new: list[Chunk] = []
         if region:
             async with _open_source(region) as opened:
-                uploaded, _ = await self._upload(path, opened, None, chunk_size, _Meter(None, None))
+                grants = self._grants(path, opened, None, chunk_size)
+                uploaded, _ = await self._upload(
+                    path, opened, grants, chunk_size, _Meter(None, None)
+                )
             new = [_moved(chunk, start) for chunk in uploaded]
         chunks = sorted([*kept, *new], key=_offset_of)
         return _Edit(chunks, size, frozenset(chunk.chunk_id for chunk in new))
 
     # ------------------------------------------------------------------ writing
 
-    async def _upload(
+    def _grants(
         self,
         path: str,
         source: _Source,
         replication: int | None,
         chunk_size: int,
-        meter: _Meter,
-    ) -> tuple[list[Chunk], int]:
-        """Store ``source`` as chunks (offsets from its start), ``in_flight`` at a time;
-        the chunks and the bytes they hold. Nothing is committed."""
-        wanted = None if source.size is None else -(-source.size // chunk_size)
-        grants = _Grants(
+        *,
+        spares: bool = False,
+    ) -> _Grants:
+        """The grants of one upload of ``source`` (borrowing the client's spare grants
+        first with ``spares``)."""
+        return _Grants(
             self._masters,
             path,
             replication=replication,
             chunk_size=chunk_size,
             policy=self._policy,
-            wanted=wanted,
+            wanted=None if source.size is None else -(-source.size // chunk_size),
+            spares=self._spares if spares else None,
         )
+
+    async def _upload(
+        self,
+        path: str,
+        source: _Source,
+        grants: _Grants,
+        chunk_size: int,
+        meter: _Meter,
+    ) -> tuple[list[Chunk], int]:
+        """Store ``source`` as chunks (offsets from its start) under ``grants``,
+        ``in_flight`` at a time; the chunks and the bytes they hold. Nothing is committed."""
         window = self._policy.in_flight if source.size is not None else 1
         chunks: list[Chunk] = []
         pending: set[asyncio.Task[Chunk]] = set()
@@ -576,31 +648,58 @@ class DataPath:
     ) -> tuple[int | None, list[ChunkWritten | _TargetFailed], int]:
         """One attempt: the span to every target of ``grant`` at once. The span's CRC-32C
         (None if every target dropped out early), each target's outcome, and the bytes fed."""
-        tee = _Tee(len(grant.targets))
-        feeding = asyncio.create_task(tee.feed(span, meter))
+        tasks: list[asyncio.Task[Any]] = []
+        if span.whole is not None:  # in memory and small: one body for every target
+            tee = None
+            meter.add(span.size)
+            bodies: list[_Body] = [span.whole] * len(grant.targets)
+        else:
+            tee = _Tee(len(grant.targets))
+            tasks.append(asyncio.create_task(tee.feed(span, meter)))
+            bodies = [tee.body(index) for index in range(len(grant.targets))]
         puts = [
-            asyncio.create_task(self._put(path, grant.chunk_id, target, span, tee=tee, index=index))
-            for index, target in enumerate(grant.targets)
+            asyncio.create_task(
+                self._put(
+                    path,
+                    grant.chunk_id,
+                    target,
+                    span,
+                    body=body,
+                    ended=None if tee is None else partial(tee.detach, index),
+                )
+            )
+            for index, (target, body) in enumerate(zip(grant.targets, bodies, strict=True))
         ]
-        tasks: list[asyncio.Task[Any]] = [feeding, *puts]
+        tasks.extend(puts)
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in tasks:  # the source's failure first, then a volume server's refusal
                 error = task.exception() if task in done else None
                 if error is not None:
-                    meter.add(-tee.fed)
+                    meter.add(-(span.size if tee is None else tee.fed))
                     raise error
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        return feeding.result(), [put.result() for put in puts], tee.fed
+        outcomes = [put.result() for put in puts]
+        if tee is None:
+            return span.checksum, outcomes, span.size
+        return tasks[0].result(), outcomes, tee.fed
 
     async def _put(
-        self, path: str, chunk_id: int, target: WriteTarget, span: _Span, *, tee: _Tee, index: int
+        self,
+        path: str,
+        chunk_id: int,
+        target: WriteTarget,
+        span: _Span,
+        *,
+        body: _Body,
+        ended: Callable[[], None] | None,
     ) -> ChunkWritten | _TargetFailed:
-        """``PUT /chunks/{id}`` to one target with the tee's pieces: its answer, or why it
-        failed in a way a fresh grant may fix. ``WriteFailed`` for a refusal it cannot fix."""
+        """``PUT /chunks/{id}`` to one target with ``body`` (``ended`` is called when the
+        request is over): its answer, or why it failed in a way a fresh grant may fix.
+        ``WriteFailed`` for a refusal it cannot fix."""
         headers = {
             TOKEN_HEADER: target.token,
             "Content-Length": str(span.size),
@@ -611,19 +710,20 @@ class DataPath:
         url = f"http://{target.address}/chunks/{chunk_id}"
         try:
             async with self._http().put(
-                url, data=tee.body(index), headers=headers, timeout=self._timeout
+                url, data=body, headers=headers, timeout=self._timeout
             ) as response:
-                status, body = response.status, await response.read()
+                status, answer = response.status, await response.read()
         except (aiohttp.ClientError, OSError) as exc:
             return _TargetFailed(describe_failure(exc, self._policy.read_timeout))
         finally:
-            tee.detach(index)
+            if ended is not None:
+                ended()
         if status == 201:
             try:
-                return msgspec.json.decode(body, type=ChunkWritten)
+                return msgspec.json.decode(answer, type=ChunkWritten)
             except msgspec.MsgspecError:
                 return _TargetFailed("it answered 201 with an unexpected body")
-        code, message = _volume_error(body, status)
+        code, message = _volume_error(answer, status)
         if status == 401 or status >= 500:
             return _TargetFailed(f"{code}: {message}", token_refused=status == 401)
         hints: dict[str, str] = {
@@ -800,6 +900,12 @@ class _Span(NamedTuple):
     pieces: Callable[[], AsyncGenerator[bytes | memoryview, None]]
     """A fresh reader of the span's bytes, in pieces of at most ``IO_SIZE`` (or as a
     stream delivered them)."""
+    whole: bytes | memoryview | None = None
+    """All its bytes, when they are in memory, checksummed and at most ``IO_SIZE``."""
+
+
+_Body: TypeAlias = bytes | memoryview | AsyncIterator[bytes | memoryview]
+"""A PUT's request body: a small span whole, or a tee's pieces."""
 
 
 class _Source(Protocol):
@@ -841,8 +947,12 @@ class _RandomAccess:
     async def spans(self, chunk_size: int) -> AsyncGenerator[_Span, None]:
         for offset in range(0, self._size, chunk_size):
             size = min(chunk_size, self._size - offset)
-            checksum = crc32c(await self._read_at(offset, size)) if self._checksummed else None
-            yield _Span(offset, size, checksum, partial(self._pieces, offset, size))
+            checksum = whole = None
+            if self._checksummed:  # in memory: reading is free
+                data = await self._read_at(offset, size)
+                checksum = crc32c(data)
+                whole = data if size <= IO_SIZE else None
+            yield _Span(offset, size, checksum, partial(self._pieces, offset, size), whole)
 
     async def _pieces(self, offset: int, size: int) -> AsyncGenerator[bytes | memoryview, None]:
         for at in range(offset, offset + size, IO_SIZE):
@@ -879,7 +989,8 @@ class _Stream:
                 filled += len(piece)
                 checksum = crc32c(piece, checksum)
             if filled:
-                yield _Span(offset, filled, checksum, partial(_replay, tuple(parts)))
+                whole = parts[0] if len(parts) == 1 and filled <= IO_SIZE else None
+                yield _Span(offset, filled, checksum, partial(_replay, tuple(parts)), whole)
                 offset += filled
 
 
@@ -1017,8 +1128,60 @@ class _Meter:
             self._callback(self._done, self._total)
 
 
+class _Spares:
+    """A client's spare grants for its next small puts, by number of copies; see "Spare
+    grants" in the module docstring."""
+
+    def __init__(self, policy: TransferPolicy) -> None:
+        self._policy = policy
+        self._pools: dict[int, deque[tuple[ChunkGrant, int]]] = {}
+        """Copies -> unused grants allocated for that many, with their expiry (ms)."""
+        self._locks: dict[int, asyncio.Lock] = {}
+        self.max_chunk_size = MAX_CHUNK_SIZE
+        """The cluster's largest chunk, from the answer the spares came with."""
+
+    def lock(self, copies: int) -> asyncio.Lock:
+        """Held while taking or refilling spares of ``copies``: puts that find none wait
+        for the one refilling them rather than each asking the leader."""
+        return self._locks.setdefault(copies, asyncio.Lock())
+
+    def take(self, copies: int) -> ChunkGrant | None:
+        pool = self._pools.get(copies)
+        fresh_until = (time.time() + self._policy.grant_pool_margin) * 1000
+        while pool:
+            grant, expires = pool.popleft()
+            if expires > fresh_until:
+                return grant
+        return None
+
+    def keep(self, copies: int, answer: AllocateResponse, grants: list[ChunkGrant]) -> None:
+        pool = self._pools.setdefault(copies, deque())
+        room = max(0, self._policy.grant_pool - len(pool))
+        pool.extend((grant, answer.expires_unix_ms) for grant in grants[:room])
+        self.max_chunk_size = answer.max_chunk_size
+
+    def avoid(self, failed: set[int]) -> None:
+        for copies, pool in self._pools.items():
+            self._pools[copies] = _without(pool, failed)
+
+    def clear(self) -> None:
+        self._pools.clear()
+
+
+def _without(
+    pool: deque[tuple[ChunkGrant, int]], failed: set[int]
+) -> deque[tuple[ChunkGrant, int]]:
+    """The grants of ``pool`` that name none of the volumes ``failed``."""
+    return deque(
+        (grant, expires)
+        for grant, expires in pool
+        if failed.isdisjoint(target.volume_id for target in grant.targets)
+    )
+
+
 class _Grants:
-    """Grants for one upload: a pool filled by ``allocate`` in batches, just in time."""
+    """Grants for one upload: a pool filled by ``allocate`` in batches, just in time;
+    with ``spares``, the client's spare grants first (and a refill of them)."""
 
     def __init__(
         self,
@@ -1029,6 +1192,7 @@ class _Grants:
         chunk_size: int,
         policy: TransferPolicy,
         wanted: int | None,
+        spares: _Spares | None = None,
     ) -> None:
         self._masters = masters
         self._path = path
@@ -1037,9 +1201,14 @@ class _Grants:
         self._policy = policy
         self._wanted = wanted
         """Spans still to be granted, when known (the batch is no larger)."""
+        self._spares = spares
         self._pool: deque[tuple[ChunkGrant, int]] = deque()
         """Unused grants with their expiry (ms since the epoch)."""
         self._lock = asyncio.Lock()
+        self.borrowed: int | None = None
+        """The copies of the grant last taken when it was a spare (allocated for another
+        path): the file may want more. Spares serve one-chunk uploads only, so the last
+        grant taken is the one the chunk was stored under."""
 
     async def take(self) -> ChunkGrant:
         async with self._lock:
@@ -1048,41 +1217,65 @@ class _Grants:
                 grant, expires = self._pool.popleft()
                 if expires > fresh_until:
                     return self._taken(grant)
-            wanted = self._policy.in_flight if self._wanted is None else self._wanted
-            count = max(1, min(MAX_ALLOCATE, self._policy.allocate_batch, wanted))
-            answer = await self._masters.allocate(self._path, count, replication=self._replication)
-            if self._chunk_size > answer.max_chunk_size:
-                raise InvalidArgument(
-                    f"cannot write {self._path}: chunks of {self._chunk_size} bytes are larger "
-                    f"than the cluster's maximum ({answer.max_chunk_size}); use a smaller "
-                    "chunk size",
-                    path=self._path,
-                )
-            if not answer.chunks:
-                raise WriteFailed(
-                    f"cannot write {self._path}: the leader granted no chunk (asked for "
-                    f"{count}); is any volume server writable?",
-                    path=self._path,
-                )
-            # A fresh grant is used even if this machine's clock calls it expired: the volume
-            # server, not this clock, is the judge.
-            first, *rest = answer.chunks
+            if self._spares is None:
+                return self._taken(await self._allocate(None))
+            copies = self._replication or DEFAULT_REPLICATION
+            async with self._spares.lock(copies):
+                spare = self._spares.take(copies)
+                if spare is None:
+                    self.borrowed = None
+                    return self._taken(await self._allocate(copies))
+            self._check_chunk_size(self._spares.max_chunk_size)
+            self.borrowed = copies
+            return self._taken(spare)
+
+    async def _allocate(self, copies: int | None) -> ChunkGrant:
+        """A batch for this path; the first grant. The rest are pooled for this upload,
+        or kept as spares of ``copies`` when that is what the leader granted."""
+        wanted = self._policy.in_flight if self._wanted is None else self._wanted
+        count = max(1, min(MAX_ALLOCATE, self._policy.allocate_batch, wanted))
+        if copies is not None:
+            count = min(MAX_ALLOCATE, count + self._policy.grant_pool)
+        answer = await self._masters.allocate(self._path, count, replication=self._replication)
+        self._check_chunk_size(answer.max_chunk_size)
+        if not answer.chunks:
+            raise WriteFailed(
+                f"cannot write {self._path}: the leader granted no chunk (asked for "
+                f"{count}); is any volume server writable?",
+                path=self._path,
+            )
+        # A fresh grant is used even if this machine's clock calls it expired: the volume
+        # server, not this clock, is the judge.
+        first, *rest = answer.chunks
+        if self._spares is not None and answer.replication == copies:
+            own = max(0, (wanted if self._wanted is not None else 1) - 1)
+            self._pool.extend((grant, answer.expires_unix_ms) for grant in rest[:own])
+            self._spares.keep(answer.replication, answer, rest[own:])
+        else:
             self._pool.extend((grant, answer.expires_unix_ms) for grant in rest)
-            return self._taken(first)
+        return first
+
+    def _check_chunk_size(self, max_chunk_size: int) -> None:
+        if self._chunk_size > max_chunk_size:
+            raise InvalidArgument(
+                f"cannot write {self._path}: chunks of {self._chunk_size} bytes are larger "
+                f"than the cluster's maximum ({max_chunk_size}); use a smaller chunk size",
+                path=self._path,
+            )
 
     def avoid(self, volume_ids: list[int]) -> None:
-        """Drop the pooled grants naming one of ``volume_ids`` (they just failed); later
-        allocations reflect what the leader knows by then."""
+        """Drop the pooled (and spare) grants naming one of ``volume_ids`` (they just
+        failed); later allocations reflect what the leader knows by then."""
         failed = set(volume_ids)
-        self._pool = deque(
-            (grant, expires)
-            for grant, expires in self._pool
-            if failed.isdisjoint(target.volume_id for target in grant.targets)
-        )
+        self._pool = _without(self._pool, failed)
+        if self._spares is not None:
+            self._spares.avoid(failed)
 
     def drop_pool(self) -> None:
-        """Forget the pooled grants (a volume server found their tokens expired)."""
+        """Forget the pooled (and spare) grants (a volume server found their tokens expired)."""
         self._pool.clear()
+        if self._spares is not None:
+            self._spares.clear()
 
     def _taken(self, grant: ChunkGrant) -> ChunkGrant:
         if self._wanted:

@@ -7,8 +7,8 @@ task runner), the heartbeat loop itself (``HeartbeatLoop``), and the work the
 leader hands out in its answers (``TaskRunner``: deletes, copies from other
 volume servers) plus the periodic compaction of the store. Also the bridge
 that streams an aiohttp body into the store's worker thread (``StreamSource``;
-``http_api`` uses it for uploads). Leaves to others:
-finding the leader and riding through a failover (the ``MasterLink``, in
+``http_api`` uses it for uploads larger than ``http_api.SMALL_BODY``). Leaves to
+others: finding the leader and riding through a failover (the ``MasterLink``, in
 production ``quorumfs.client.AsyncMasterClient``), serving chunks
 (``http_api``), and storing them (``store``). The shapes are ``quorumfs.wire``'s.
 

@@ -12,16 +12,21 @@ Theory of operation:
 
 - ``PUT /chunks/{id}`` needs a write token for this chunk on this server, so
   nothing is written before the server is registered (503 ``EAGAIN`` until the
-  first heartbeat is answered). The body is streamed into
-  ``ChunkStore.write_chunk`` in a worker thread, 1 MiB at a time
+  first heartbeat is answered). A small body (up to ``SMALL_BODY``, 1 MiB) is
+  read on the event loop (within ``body_timeout``) and handed to
+  ``ChunkStore.write_chunk`` in one worker-thread call. A larger one is
+  streamed into it in a worker thread, 1 MiB at a time
   (``heartbeat.StreamSource``): a 64 MiB chunk is never held in memory. The
   answer is 201 only once the chunk is durable; on any error nothing is stored.
 - ``GET /chunks/{id}`` runs the whole read in one worker thread: it opens the
-  reader, takes the first verified piece, and only then sends the headers, so
-  damage found before the first byte is a clean 500 ``ECORRUPT``. Damage found
-  later (large chunks are verified block by block as they stream) aborts the
-  connection: the client sees a body shorter than its Content-Length, never
-  wrong bytes. The store remembers corrupt chunks and heartbeats report them.
+  reader and takes the first verified piece before any header goes out, so
+  damage found before the first byte is a clean 500 ``ECORRUPT``. A small
+  chunk (up to ``store.SMALL_CHUNK``, read and verified whole with one pread)
+  comes back from the thread whole and is answered as one response. A larger
+  one is streamed from the thread; damage found later (it is verified block by
+  block as it streams) aborts the connection: the client sees a body shorter
+  than its Content-Length, never wrong bytes. The store remembers corrupt
+  chunks and heartbeats report them.
 - A chunk the store knows is corrupt is not served at all (500 ``ECORRUPT``):
   read another replica.
 - Reads are not authorised (``quorumfs.wire``).
@@ -34,13 +39,13 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Final
 
-import msgspec
+import aiohttp
 from aiohttp import web
 
-from quorumfs.master.http_api import ErrorBody, ErrorResponse, HealthResponse
+from quorumfs.master.http_api import ApiError, HealthResponse, json_response
 from quorumfs.tokens import TokenError, WriteTokenKey
 from quorumfs.wire import (
     CHECKSUM_HEADER,
@@ -62,48 +67,17 @@ from .errors import (
     StoreFullError,
 )
 from .heartbeat import HeartbeatLoop, StreamSource, TransferError, run_on_loop
-from .store import ChunkInfo, ChunkReader, ChunkStore
+from .store import SMALL_CHUNK, ChunkInfo, ChunkReader, ChunkStore
 
-__all__ = ["build_app", "writes_finished"]
+__all__ = ["SMALL_BODY", "build_app", "writes_finished"]
 
 logger = logging.getLogger("quorumfs.volume")
 
 _MAX_CHUNK_ID: Final = 2**63 - 1
 _MAX_CRC: Final = 2**32 - 1
-_encoder: Final = msgspec.json.Encoder()
 
-
-class _VolumeError(Exception):
-    """An answer other than success, raised anywhere below a handler."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        path: str = "",
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = ErrorResponse(ErrorBody(code, message, path))
-        self.headers = dict(headers or {})
-
-    @classmethod
-    def invalid(cls, message: str, path: str = "") -> _VolumeError:
-        return cls(400, VolumeErrorCode.EINVAL, message, path=path)
-
-    def response(self) -> web.Response:
-        return _json(self.body, status=self.status, headers=self.headers)
-
-
-def _json(
-    value: object, *, status: int = 200, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        status=status, body=_encoder.encode(value), content_type="application/json", headers=headers
-    )
+SMALL_BODY: Final = 1 << 20
+"""A chunk write with at most this many bytes is read whole before it goes to the store."""
 
 
 class _Api:
@@ -141,7 +115,7 @@ class _Api:
         path = request.match_info.get("chunk_id", "")
         try:
             return await handler(request)
-        except _VolumeError as exc:
+        except ApiError as exc:
             return exc.response()
         except StoreError as exc:
             return _store_error(exc, path).response()
@@ -150,7 +124,7 @@ class _Api:
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 message = f"the disk is full ({exc.strerror}); nothing was stored"
-                return _VolumeError(507, VolumeErrorCode.ENOSPC, message, path=path).response()
+                return ApiError(507, VolumeErrorCode.ENOSPC, message, path=path).response()
             return _internal_error(request, path)
         except Exception:
             return _internal_error(request, path)
@@ -161,7 +135,7 @@ class _Api:
         chunk_id, path = _chunk_id(request)
         volume_id = self.heart.volume_id
         if volume_id == 0:
-            raise _VolumeError(
+            raise ApiError(
                 503,
                 VolumeErrorCode.EAGAIN,
                 "this volume server is not registered with the masters yet (its first "
@@ -182,29 +156,51 @@ class _Api:
             raise _unauthorized(str(exc), path) from None
         size = request.content_length
         if size is None:
-            raise _VolumeError(
+            raise ApiError(
                 411, VolumeErrorCode.ELENGTH, "a chunk write needs Content-Length", path=path
             )
         if size == 0:
-            raise _VolumeError.invalid("a chunk has at least one byte (Content-Length is 0)", path)
+            raise ApiError.invalid("a chunk has at least one byte (Content-Length is 0)", path)
         if size > MAX_CHUNK_SIZE:
-            raise _VolumeError(
+            raise ApiError(
                 413,
                 VolumeErrorCode.E2BIG,
                 f"a chunk is at most {MAX_CHUNK_SIZE} bytes, not {size}",
                 path=path,
             )
         expected = _checksum(request, path)
-        body = StreamSource(request.content, asyncio.get_running_loop(), timeout=self.body_timeout)
+        body: bytes | StreamSource
         try:
             with self.write_in_flight():
+                if size <= SMALL_BODY:
+                    body = await self._small_body(request, size)
+                else:
+                    loop = asyncio.get_running_loop()
+                    body = StreamSource(request.content, loop, timeout=self.body_timeout)
                 info = await asyncio.to_thread(self._write, chunk_id, body, size, expected)
         except TransferError as exc:
-            raise _VolumeError.invalid(f"{exc}; nothing was stored", path) from None
-        return _json(ChunkWritten(chunk_id=chunk_id, size=info.size, checksum=info.crc), status=201)
+            raise ApiError.invalid(f"{exc}; nothing was stored", path) from None
+        return json_response(
+            ChunkWritten(chunk_id=chunk_id, size=info.size, checksum=info.crc), status=201
+        )
+
+    async def _small_body(self, request: web.Request, size: int) -> bytes:
+        """The whole body of a small write, read on the loop within ``body_timeout``; one
+        that ends early is returned short (the store refuses it, ``SourceSizeError``)."""
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                return await request.content.readexactly(size)
+        except asyncio.IncompleteReadError as short:
+            return short.partial
+        except TimeoutError:
+            raise TransferError(
+                f"the body did not arrive whole within {self.body_timeout:g} s"
+            ) from None
+        except (OSError, aiohttp.ClientError) as exc:
+            raise TransferError(f"the body broke off ({exc or type(exc).__name__})") from exc
 
     def _write(
-        self, chunk_id: int, body: StreamSource, size: int, expected: int | None
+        self, chunk_id: int, body: bytes | StreamSource, size: int, expected: int | None
     ) -> ChunkInfo:
         """In a worker thread: store the chunk durably, then record it for the heartbeats
         (here, so that a request cancelled meanwhile still records what it stored)."""
@@ -224,34 +220,42 @@ class _Api:
             response.headers.update(_chunk_headers(reader.crc))
             if asked is not None:
                 response.set_status(206)
-                last = reader.offset + reader.length - 1
-                response.headers["Content-Range"] = (
-                    f"bytes {reader.offset}-{last}/{reader.chunk_size}"
-                )
+                response.headers["Content-Range"] = _content_range(reader)
             response.content_length = reader.length
             await response.prepare(request)
 
-        def serve() -> None:
-            """In a worker thread: no header goes out before the first piece passed its CRC."""
+        def serve() -> tuple[ChunkReader, bytes] | None:
+            """In a worker thread: no header goes out before the first piece passed its CRC.
+            A small chunk is read (and verified) whole and returned, not streamed."""
             info = self._stat(chunk_id)
             start, stop = _byte_range(asked, info.size, path)
             with self.store.open_chunk(chunk_id, start, stop - start) as reader:
+                if info.size <= SMALL_CHUNK:
+                    return reader, b"".join(reader)
                 pieces = iter(reader)
                 first = next(pieces, None)
                 run_on_loop(loop, begin(reader), self.body_timeout)
                 if first is None:
-                    return
+                    return None
                 run_on_loop(loop, response.write(first), self.body_timeout)
                 for piece in pieces:
                     run_on_loop(loop, response.write(piece), self.body_timeout)
+            return None
 
         try:
-            await asyncio.to_thread(serve)
+            whole = await asyncio.to_thread(serve)
         except Exception as exc:
             if not response.prepared:
                 raise  # nothing sent yet: an ordinary error answer
             _broken_off(request, chunk_id, exc)
             return response
+        if whole is not None:
+            reader, data = whole
+            answer = web.Response(body=data, headers=_chunk_headers(reader.crc))
+            if asked is not None:
+                answer.set_status(206)
+                answer.headers["Content-Range"] = _content_range(reader)
+            return answer
         await response.write_eof()
         return response
 
@@ -272,10 +276,10 @@ class _Api:
     # ------------------------------------------------------------------ status
 
     async def status(self, _request: web.Request) -> web.Response:
-        return _json(await self.heart.status())
+        return json_response(await self.heart.status())
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        return _json(HealthResponse(ok=True))
+        return json_response(HealthResponse(ok=True))
 
 
 _API: Final = web.AppKey("quorumfs.volume.http_api", _Api)
@@ -320,7 +324,7 @@ def _chunk_id(request: web.Request) -> tuple[int, str]:
     """The chunk id of the path, and its text (the ``path`` of error answers)."""
     text = request.match_info["chunk_id"]
     if not (text.isascii() and text.isdigit() and 1 <= int(text) <= _MAX_CHUNK_ID):
-        raise _VolumeError.invalid(f"chunk id {text!r} is not an integer in 1..{_MAX_CHUNK_ID}")
+        raise ApiError.invalid(f"chunk id {text!r} is not an integer in 1..{_MAX_CHUNK_ID}")
     return int(text), text
 
 
@@ -330,7 +334,7 @@ def _checksum(request: web.Request, path: str) -> int | None:
         return None
     text = text.strip()
     if not (text.isascii() and text.isdigit() and int(text) <= _MAX_CRC):
-        raise _VolumeError.invalid(
+        raise ApiError.invalid(
             f"{CHECKSUM_HEADER} {text!r} is not a CRC-32C in decimal (0..{_MAX_CRC})", path
         )
     return int(text)
@@ -344,6 +348,11 @@ def _chunk_headers(crc: int) -> dict[str, str]:
     }
 
 
+def _content_range(reader: ChunkReader) -> str:
+    last = reader.offset + reader.length - 1
+    return f"bytes {reader.offset}-{last}/{reader.chunk_size}"
+
+
 def _byte_range(header: str | None, size: int, path: str) -> tuple[int, int]:
     """``[start, stop)`` of a chunk of ``size`` bytes that ``Range`` asks for (all of it
     without one): ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n``; one range only."""
@@ -352,25 +361,25 @@ def _byte_range(header: str | None, size: int, path: str) -> tuple[int, int]:
     unit, sep, spec = header.partition("=")
     first, dash, last = spec.strip().partition("-")
     if unit.strip().lower() != "bytes" or not sep or not dash or "," in spec:
-        raise _VolumeError.invalid(
+        raise ApiError.invalid(
             f"Range {header!r} is not one byte range (bytes=a-b, bytes=a- or bytes=-n)", path
         )
     if not all(part == "" or (part.isascii() and part.isdigit()) for part in (first, last)):
-        raise _VolumeError.invalid(f"Range {header!r} has a bound that is not a number", path)
+        raise ApiError.invalid(f"Range {header!r} has a bound that is not a number", path)
     if first == "":
         if last == "" or int(last) == 0 or size == 0:
             raise _unsatisfiable(header, size, path)
         return max(0, size - int(last)), size
     start = int(first)
     if last != "" and int(last) < start:
-        raise _VolumeError.invalid(f"Range {header!r} ends before it starts", path)
+        raise ApiError.invalid(f"Range {header!r} ends before it starts", path)
     if start >= size:
         raise _unsatisfiable(header, size, path)
     return start, size if last == "" else min(int(last) + 1, size)
 
 
-def _unsatisfiable(header: str, size: int, path: str) -> _VolumeError:
-    return _VolumeError(
+def _unsatisfiable(header: str, size: int, path: str) -> ApiError:
+    return ApiError(
         416,
         VolumeErrorCode.ERANGE,
         f"Range {header!r} lies outside the chunk, which has {size} bytes",
@@ -379,8 +388,8 @@ def _unsatisfiable(header: str, size: int, path: str) -> _VolumeError:
     )
 
 
-def _unauthorized(message: str, path: str) -> _VolumeError:
-    return _VolumeError(
+def _unauthorized(message: str, path: str) -> ApiError:
+    return ApiError(
         401,
         VolumeErrorCode.EACCES,
         message,
@@ -392,7 +401,7 @@ def _unauthorized(message: str, path: str) -> _VolumeError:
 def _internal_error(request: web.Request, path: str) -> web.Response:
     """A bug (or an unexpected failure of the disk): logged whole, answered 500 EIO."""
     logger.exception("unexpected error serving %s %s", request.method, request.path)
-    return _VolumeError(
+    return ApiError(
         500,
         VolumeErrorCode.EIO,
         "internal error in the volume server; the details are in its log",
@@ -400,30 +409,30 @@ def _internal_error(request: web.Request, path: str) -> web.Response:
     ).response()
 
 
-def _store_error(exc: StoreError, path: str) -> _VolumeError:
+def _store_error(exc: StoreError, path: str) -> ApiError:
     """The one table from the store's errors to answers."""
     if isinstance(exc, ChunkNotFoundError):
-        return _VolumeError(404, VolumeErrorCode.ENOENT, str(exc), path=path)
+        return ApiError(404, VolumeErrorCode.ENOENT, str(exc), path=path)
     if isinstance(exc, ChunkCorruptError):
-        return _VolumeError(500, VolumeErrorCode.ECORRUPT, str(exc), path=path)
+        return ApiError(500, VolumeErrorCode.ECORRUPT, str(exc), path=path)
     if isinstance(exc, ChunkRangeError):
-        return _VolumeError(416, VolumeErrorCode.ERANGE, str(exc), path=path)
+        return ApiError(416, VolumeErrorCode.ERANGE, str(exc), path=path)
     if isinstance(exc, ChecksumMismatchError):
-        return _VolumeError(400, VolumeErrorCode.ECHECKSUM, str(exc), path=path)
+        return ApiError(400, VolumeErrorCode.ECHECKSUM, str(exc), path=path)
     if isinstance(exc, SourceSizeError):
-        return _VolumeError.invalid(str(exc), path)
+        return ApiError.invalid(str(exc), path)
     if isinstance(exc, StoreFullError):
-        return _VolumeError(507, VolumeErrorCode.ENOSPC, str(exc), path=path)
+        return ApiError(507, VolumeErrorCode.ENOSPC, str(exc), path=path)
     if isinstance(exc, StoreClosedError):
         message = "the volume server is shutting down; use another replica"
-        return _VolumeError(503, VolumeErrorCode.EROFS, message, path=path)
+        return ApiError(503, VolumeErrorCode.EROFS, message, path=path)
     if isinstance(exc, StoreFailedError):
-        return _VolumeError(503, VolumeErrorCode.EROFS, str(exc), path=path)
+        return ApiError(503, VolumeErrorCode.EROFS, str(exc), path=path)
     logger.error("chunk store error serving chunk %s: %s", path, exc)
-    return _VolumeError(500, VolumeErrorCode.EIO, str(exc), path=path)
+    return ApiError(500, VolumeErrorCode.EIO, str(exc), path=path)
 
 
-def _http_exception(request: web.Request, exc: web.HTTPException) -> _VolumeError:
+def _http_exception(request: web.Request, exc: web.HTTPException) -> ApiError:
     """The router's own refusals (404, 405, ...) as JSON."""
     headers: dict[str, str] = {}
     if exc.status == 404:
@@ -438,7 +447,7 @@ def _http_exception(request: web.Request, exc: web.HTTPException) -> _VolumeErro
     else:
         message = f"the request was refused: {exc.reason}"
     code = VolumeErrorCode.ENOSYS if exc.status in (404, 405) else VolumeErrorCode.EINVAL
-    return _VolumeError(exc.status, code, message, headers=headers)
+    return ApiError(exc.status, code, message, headers=headers)
 
 
 def _broken_off(request: web.Request, chunk_id: int, exc: Exception) -> None:
