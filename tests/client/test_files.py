@@ -37,6 +37,7 @@ from quorumfs.client import (
 from quorumfs.wire import CommitRequest
 
 KIB = 1024
+MIB = 1024 * KIB
 CHUNK = 64 * KIB
 FAST = RetryPolicy(
     deadline=3.0,
@@ -253,6 +254,26 @@ def test_progress_is_reported_up_to_the_total() -> None:
         assert await client.get("/f", sink, progress=lambda d, t: seen.append((d, t))) == len(data)
         assert sink.getvalue() == data
         assert seen[-1] == (len(data), len(data))
+
+    with_cluster(test)
+
+
+def test_progress_of_streamed_chunks_counts_each_byte_once(tmp_path: Path) -> None:
+    """Chunks larger than one piece go to each copy through a reader of its own; the
+    progress counts the bytes of the file, not of every copy."""
+    data = pattern(3 * MIB + 5)
+    source = tmp_path / "source"
+    source.write_bytes(data)
+    seen: list[tuple[int, int | None]] = []
+
+    async def test(cluster: DataCluster, client: AsyncMasterClient) -> None:
+        progress = lambda d, t: seen.append((d, t))  # noqa: E731
+        await client.put("/f", source, chunk_size=2 * MIB, progress=progress)
+        assert seen[-1] == (len(data), len(data))
+        assert max(done for done, _ in seen) == len(data)
+        assert await client.read("/f") == data
+        for chunk in (await client.file_content("/f")).chunks:
+            assert len(cluster.stored(chunk.chunk_id)) == 2
 
     with_cluster(test)
 

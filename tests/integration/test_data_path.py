@@ -21,7 +21,14 @@ from typing import Any
 import pytest
 from procs import DataCluster, HttpError, http, wait_for
 
-from quorumfs.client import InvalidArgument, MasterClient, NameTooLong, NotFound, QuorumfsError
+from quorumfs.client import (
+    InvalidArgument,
+    MasterClient,
+    NameTooLong,
+    NotFound,
+    QuorumfsError,
+    TransferPolicy,
+)
 
 MiB = 1 << 20
 
@@ -117,6 +124,21 @@ def test_ranges_overwrite_append_and_truncate(client: MasterClient) -> None:
     client.truncate("/edit", 2 * MiB + 100)  # extends with zeros
     assert client.read("/edit") == bytes(data) + bytes(93)
     assert client.stat("/edit").size == 2 * MiB + 100
+
+
+def test_many_chunks_in_flight_do_not_stall_each_other(
+    cluster: DataCluster, tmp_path: Path
+) -> None:
+    """A volume server admits one streaming write at a time; uploads of several chunks at
+    once over three servers once waited for each other in a cycle until a timeout."""
+    source = tmp_path / "many"
+    expected = random_file(source, 96 * MiB)
+    transfer = TransferPolicy(in_flight=8, read_timeout=10.0)
+    with MasterClient(cluster.master_list(), transfer=transfer) as client:
+        client.put("/many", source, chunk_size=8 * MiB)
+        target = tmp_path / "many.copy"
+        client.get("/many", target)
+    assert sha256_of(target) == expected
 
 
 # -------------------------------------------------------------------- bad input

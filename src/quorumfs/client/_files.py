@@ -27,10 +27,12 @@ Writing (``put``, and the new bytes of every change):
    grants" below.
 3. A span in memory of at most ``IO_SIZE`` bytes (bytes given to ``put``, a
    buffered stream chunk) is sent as one body to every target at once. Any other
-   span is read in pieces of ``IO_SIZE`` and each piece goes to every target
-   at once (``_Tee``: one short queue per target, so memory stays at a few pieces
-   per target and the slowest target sets the pace; a target whose request ended
-   leaves the tee and the others go on). The CRC-32C is computed on the way and
+   span is sent to each target by a reader of its own (``_SpanReader``: the span
+   read again in pieces of ``IO_SIZE``, from the page cache or the buffer), never
+   through one shared feed: a volume server admits one streaming write at a time,
+   and a feed shared by two servers would let two uploads that each wait for a
+   server the other holds stall each other until a timeout (seen with several
+   chunks in flight). The CRC-32C is computed on the way by each reader, and
    compared with each target's ``ChunkWritten``; it is also sent up front
    (``X-Quorumfs-Crc32c``) when the span was checksummed before sending (bytes in
    memory, a buffered stream chunk).
@@ -103,7 +105,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePath
-from typing import Any, BinaryIO, Final, NamedTuple, Protocol, TypeAlias
+from typing import BinaryIO, Final, NamedTuple, Protocol, TypeAlias
 
 import aiohttp
 import msgspec
@@ -157,7 +159,6 @@ logger = logging.getLogger("quorumfs.client")
 IO_SIZE: Final = 1024 * 1024
 """Bytes read from a source, or written to a sink, at a time."""
 _ZEROS: Final = bytes(IO_SIZE)
-_TEE_DEPTH: Final = 2
 """Pieces queued per target: the reader runs at most this far ahead of the slowest one."""
 
 Source: TypeAlias = bytes | bytearray | memoryview | PurePath | BinaryIO | AsyncIterable[bytes]
@@ -647,45 +648,39 @@ class DataPath:
         self, path: str, grant: ChunkGrant, span: _Span, meter: _Meter
     ) -> tuple[int | None, list[ChunkWritten | _TargetFailed], int]:
         """One attempt: the span to every target of ``grant`` at once. The span's CRC-32C
-        (None if every target dropped out early), each target's outcome, and the bytes fed."""
-        tasks: list[asyncio.Task[Any]] = []
+        (None unless every target's reader read it all, alike), each target's outcome,
+        and the bytes counted as progress."""
         if span.whole is not None:  # in memory and small: one body for every target
-            tee = None
+            readers = None
             meter.add(span.size)
             bodies: list[_Body] = [span.whole] * len(grant.targets)
         else:
-            tee = _Tee(len(grant.targets))
-            tasks.append(asyncio.create_task(tee.feed(span, meter)))
-            bodies = [tee.body(index) for index in range(len(grant.targets))]
+            readers = [
+                _SpanReader(span, meter if i == 0 else None) for i in range(len(grant.targets))
+            ]
+            bodies = [reader.body() for reader in readers]
         puts = [
-            asyncio.create_task(
-                self._put(
-                    path,
-                    grant.chunk_id,
-                    target,
-                    span,
-                    body=body,
-                    ended=None if tee is None else partial(tee.detach, index),
-                )
-            )
-            for index, (target, body) in enumerate(zip(grant.targets, bodies, strict=True))
+            asyncio.create_task(self._put(path, grant.chunk_id, target, span, body=body))
+            for target, body in zip(grant.targets, bodies, strict=True)
         ]
-        tasks.extend(puts)
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in tasks:  # the source's failure first, then a volume server's refusal
-                error = task.exception() if task in done else None
+            done, _ = await asyncio.wait(puts, return_when=asyncio.FIRST_EXCEPTION)
+            source_error = next((r.error for r in readers or () if r.error is not None), None)
+            for task in puts:  # the source's failure first, then a volume server's refusal
+                error = source_error or (task.exception() if task in done else None)
                 if error is not None:
-                    meter.add(-(span.size if tee is None else tee.fed))
+                    meter.add(-(span.size if readers is None else readers[0].fed))
                     raise error
         finally:
-            for task in tasks:
+            for task in puts:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*puts, return_exceptions=True)
         outcomes = [put.result() for put in puts]
-        if tee is None:
+        if readers is None:
             return span.checksum, outcomes, span.size
-        return tasks[0].result(), outcomes, tee.fed
+        checksums = {reader.checksum for reader in readers}
+        checksum = checksums.pop() if len(checksums) == 1 else None
+        return checksum, outcomes, readers[0].fed if readers else 0
 
     async def _put(
         self,
@@ -695,11 +690,9 @@ class DataPath:
         span: _Span,
         *,
         body: _Body,
-        ended: Callable[[], None] | None,
     ) -> ChunkWritten | _TargetFailed:
-        """``PUT /chunks/{id}`` to one target with ``body`` (``ended`` is called when the
-        request is over): its answer, or why it failed in a way a fresh grant may fix.
-        ``WriteFailed`` for a refusal it cannot fix."""
+        """``PUT /chunks/{id}`` to one target with ``body``: its answer, or why it failed
+        in a way a fresh grant may fix. ``WriteFailed`` for a refusal it cannot fix."""
         headers = {
             TOKEN_HEADER: target.token,
             "Content-Length": str(span.size),
@@ -715,9 +708,6 @@ class DataPath:
                 status, answer = response.status, await response.read()
         except (aiohttp.ClientError, OSError) as exc:
             return _TargetFailed(describe_failure(exc, self._policy.read_timeout))
-        finally:
-            if ended is not None:
-                ended()
         if status == 201:
             try:
                 return msgspec.json.decode(answer, type=ChunkWritten)
@@ -1290,48 +1280,34 @@ class _TargetFailed(NamedTuple):
     token_refused: bool = False
 
 
-class _Tee:
-    """Hands each piece of a span to every target's request body; see step 3 above."""
+class _SpanReader:
+    """One target's request body: the span read on its own, checksummed on the way."""
 
-    def __init__(self, count: int) -> None:
-        self._queues: list[asyncio.Queue[bytes | memoryview | None]] = [
-            asyncio.Queue(_TEE_DEPTH) for _ in range(count)
-        ]
-        self._attached = [True] * count
+    def __init__(self, span: _Span, meter: _Meter | None) -> None:
+        self._span = span
+        self._meter = meter
+        """Counts progress: one reader per span does, so a byte is counted once."""
         self.fed = 0
-        """Bytes read from the span so far."""
+        """Bytes handed to the request so far."""
+        self.checksum: int | None = None
+        """The CRC-32C of what was read, once all of it was."""
+        self.error: BaseException | None = None
+        """The source's own failure (the request only sees its body break off)."""
 
-    async def feed(self, span: _Span, meter: _Meter) -> int | None:
-        """Read ``span`` into every attached target's queue, then mark the end; its CRC-32C,
-        or None when every target left before the end."""
+    async def body(self) -> AsyncIterator[bytes | memoryview]:
         checksum = 0
-        async with contextlib.aclosing(span.pieces()) as pieces:
-            async for piece in pieces:
-                if not any(self._attached):
-                    return None
-                checksum = crc32c(piece, checksum)
-                for index, queue in enumerate(self._queues):
-                    if self._attached[index]:
-                        await queue.put(piece)
-                self.fed += len(piece)
-                meter.add(len(piece))
-        for index, queue in enumerate(self._queues):
-            if self._attached[index]:
-                await queue.put(None)
-        return checksum
-
-    async def body(self, index: int) -> AsyncIterator[bytes | memoryview]:
-        """Target ``index``'s request body."""
-        queue = self._queues[index]
-        while (piece := await queue.get()) is not None:
-            yield piece
-
-    def detach(self, index: int) -> None:
-        """Target ``index``'s request ended: stop feeding it, and unblock a feed waiting on it."""
-        self._attached[index] = False
-        queue = self._queues[index]
-        while not queue.empty():
-            queue.get_nowait()
+        try:
+            async with contextlib.aclosing(self._span.pieces()) as pieces:
+                async for piece in pieces:
+                    checksum = crc32c(piece, checksum)
+                    self.fed += len(piece)
+                    if self._meter is not None:
+                        self._meter.add(len(piece))
+                    yield piece
+        except (_SourceShrankError, OSError) as exc:
+            self.error = exc
+            raise
+        self.checksum = checksum
 
 
 async def _collect(
