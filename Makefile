@@ -1,27 +1,32 @@
 # Every target creates or refreshes the virtualenv it needs (.venv), so each
-# works on a fresh clone. Python 3.11 is the only prerequisite.
+# works on a fresh clone. Python 3.11 is the only prerequisite; `make test` also
+# installs the few Debian packages some tests need (.ci/system-deps, as root).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: cluster test check pytest sim-long soak bench bench-core bench-master bench-namespace bench-data lock clean
+.PHONY: cluster test check pytest system-deps sim-long soak bench bench-core bench-master bench-namespace bench-data lock clean
 
 # The product: a local cluster with embedded defaults.
-cluster: $(STAMP)
+cluster: system-deps $(STAMP)
 	$(BIN)/quorumfs local
 
 # The whole test suite: lint, types, layer contracts, then every test.
 test: check pytest
 
-check: $(STAMP)
+check: system-deps $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-pytest: $(STAMP)
+pytest: system-deps $(STAMP)
 	$(BIN)/pytest -n 2 -m "not soak"
+
+# Debian packages: python3-venv for .venv, and a DNS server for the discovery test.
+system-deps:
+	@bash .ci/system-deps
 
 # 20,000 simulator seeds (the test suite runs 500); prints faults and operations checked.
 sim-long: $(STAMP)

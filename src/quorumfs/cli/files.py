@@ -55,6 +55,7 @@ from quorumfs.client import (
     Unavailable,
     WriteFailed,
     parse_masters,
+    parse_nameserver,
 )
 
 from .http import (
@@ -62,6 +63,7 @@ from .http import (
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     CliError,
+    DnsServerOption,
     JsonOption,
     MasterOption,
     reported_errors,
@@ -122,11 +124,13 @@ def put(
             "--replication", "-r", min=1, max=16, help="Copies of each chunk (a new file's)."
         ),
     ] = None,
+    *,
     master: MasterOption = DEFAULT_MASTER,
+    dns_server: DnsServerOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Upload a local file (or stdin) to quorumfs; it appears there whole, at once."""
-    with _client(master, timeout) as client:
+    with _client(master, timeout, dns_server) as client:
         if local == _STDIO:
             if remote.endswith("/"):
                 raise CliError(f"put -: name the file to create, not a directory ({remote})")
@@ -145,10 +149,11 @@ def get(
     remote: RemoteArgument,
     local: Annotated[str, typer.Argument(help="A local file or directory, or - for stdout.")],
     master: MasterOption = DEFAULT_MASTER,
+    dns_server: DnsServerOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Download a file from quorumfs; a local file is replaced only once it is complete."""
-    with _client(master, timeout) as client:
+    with _client(master, timeout, dns_server) as client:
         if local == _STDIO:
             _to_stdout(client, remote)
             return
@@ -162,10 +167,11 @@ def get(
 def cat(
     remote: RemoteArgument,
     master: MasterOption = DEFAULT_MASTER,
+    dns_server: DnsServerOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Print a file's bytes to stdout."""
-    with _client(master, timeout) as client:
+    with _client(master, timeout, dns_server) as client:
         _to_stdout(client, remote)
 
 
@@ -175,11 +181,13 @@ def ls(
         bool, typer.Option("-l", "--long", help="Kind, mode, owner, size and mtime too.")
     ] = False,
     as_json: JsonOption = False,
+    *,
     master: MasterOption = DEFAULT_MASTER,
+    dns_server: DnsServerOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """List a directory (names; directories end in /)."""
-    with _client(master, timeout) as client:
+    with _client(master, timeout, dns_server) as client:
         try:
             entries = client.ls(path)
         except NotADirectory:
@@ -202,10 +210,11 @@ def stat(
     path: RemoteArgument,
     as_json: JsonOption = False,
     master: MasterOption = DEFAULT_MASTER,
+    dns_server: DnsServerOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Print a file's or directory's attributes."""
-    with _client(master, timeout) as client:
+    with _client(master, timeout, dns_server) as client:
         attributes = client.stat(path)
         if as_json:
             typer.echo(json.dumps({"path": path, **msgspec.to_builtins(attributes)}))
@@ -235,10 +244,11 @@ def mkdir(
         typer.Option("-p", "--parents", help="Create missing parents; an existing one is fine."),
     ] = False,
     master: MasterOption = DEFAULT_MASTER,
+    dns_server: DnsServerOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Create a directory."""
-    with _client(master, timeout) as client:
+    with _client(master, timeout, dns_server) as client:
         client.mkdir(path, parents=parents)
 
 
@@ -248,10 +258,11 @@ def rm(
         bool, typer.Option("-r", "--recursive", help="Delete a directory and everything in it.")
     ] = False,
     master: MasterOption = DEFAULT_MASTER,
+    dns_server: DnsServerOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Delete a file or an empty directory (any directory with -r)."""
-    with _client(master, timeout) as client:
+    with _client(master, timeout, dns_server) as client:
         client.rm(path, recursive=recursive)
 
 
@@ -259,10 +270,11 @@ def mv(
     src: RemoteArgument,
     dst: RemoteArgument,
     master: MasterOption = DEFAULT_MASTER,
+    dns_server: DnsServerOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
 ) -> None:
     """Rename a file or directory atomically (replacing a file or an empty directory)."""
-    with _client(master, timeout) as client:
+    with _client(master, timeout, dns_server) as client:
         client.mv(src, dst)
 
 
@@ -270,15 +282,24 @@ def mv(
 
 
 @contextlib.contextmanager
-def _client(master: str, timeout: float) -> Iterator[MasterClient]:
-    """A client of ``--master``; every failure inside becomes one ``error:`` line."""
+def _client(master: str, timeout: float, dns_server: str | None) -> Iterator[MasterClient]:
+    """A client of ``--master`` (a list, or one name resolved through ``--dns-server``);
+    every failure inside becomes one ``error:`` line."""
     with reported_errors():
         try:
             masters = parse_masters(master)
         except ValueError as exc:
             raise CliError(f"--master: {exc}") from None
+        nameserver = dns_server or None
         try:
-            with MasterClient(masters, policy=RetryPolicy(deadline=timeout)) as client:
+            if nameserver is not None:
+                parse_nameserver(nameserver)
+        except ValueError as exc:
+            raise CliError(f"--dns-server: {exc}") from None
+        try:
+            with MasterClient(
+                masters, policy=RetryPolicy(deadline=timeout), nameserver=nameserver
+            ) as client:
                 yield client
         except QuorumfsError as exc:
             code = EXIT_UNAVAILABLE if isinstance(exc, _NOT_THE_CLUSTERS_FAULT) else EXIT_REFUSED

@@ -26,6 +26,7 @@ from .http import (
     DEFAULT_MASTER,
     EXIT_UNAVAILABLE,
     CliError,
+    DnsServerOption,
     JsonOption,
     MasterClient,
     MasterOption,
@@ -44,12 +45,16 @@ files.register(app)
 
 
 @app.command("masterInfo")
-def master_info(master: MasterOption = DEFAULT_MASTER, as_json: JsonOption = False) -> None:
+def master_info(
+    master: MasterOption = DEFAULT_MASTER,
+    as_json: JsonOption = False,
+    dns_server: DnsServerOption = None,
+) -> None:
     """Print the current leader master and all masters (exit code 2 when there is no leader)."""
     with reported_errors():
         first: ClusterStatus | None = None
         leader: str | None = None
-        for reply in MasterClient(master).replies("/cluster/status"):
+        for reply in MasterClient(master, dns_server=dns_server).replies("/cluster/status"):
             status = _status(reply.body, reply.address)
             first = first or status
             if status.leader_http is not None:

@@ -9,11 +9,18 @@ refused the operation). Also declares the options every such command shares
 left to the command modules (``fs``, ``cluster``).
 
 Built on the standard library's ``http.client`` rather than aiohttp: a CLI makes
-one request at a time, so an event loop buys nothing, the import is cheaper,
+one request at a time, so an event loop buys nothing,
 connecting and reading get separate timeouts (a dead master is skipped in
 ``CONNECT_TIMEOUT``, while a live one gets longer than the masters' own 5 s
 request timeout so that its 503 arrives before we give up), and nothing follows
 redirects behind our back.
+
+``--master`` is a list of masters, or one ``NAME:PORT`` whose DNS A/AAAA
+records are the masters (the rule and the resolver are
+``quorumfs.client.DnsMasters``'s, asking ``--dns-server`` or
+``QUORUMFS_DNS_SERVER`` when given). A command makes a handful of requests
+within seconds, so the name is resolved once, when the command starts; the
+addresses found are then tried in turn like a list.
 
 Which failures move on to the next master: for a read, any failure to get an
 answer and any 503. For a write, only what guarantees that nothing was done: a
@@ -29,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import socket
 from collections.abc import Iterator
 from typing import Annotated, Any, Final, NamedTuple
@@ -37,12 +45,15 @@ from urllib.parse import urlsplit
 import typer
 
 from quorumfs import __version__
+from quorumfs.client import DNS_SERVER_ENV, DnsMasters, dns_name_of, parse_nameserver
 
 __all__ = [
     "CONNECT_TIMEOUT",
     "DEFAULT_MASTER",
+    "DNS_SERVER_ENV",
     "READ_TIMEOUT",
     "CliError",
+    "DnsServerOption",
     "JsonOption",
     "MasterClient",
     "MasterOption",
@@ -51,6 +62,7 @@ __all__ = [
     "parse_address",
     "parse_masters",
     "reported_errors",
+    "resolve_masters",
 ]
 
 DEFAULT_MASTER: Final = "127.0.0.1:9333"
@@ -71,7 +83,18 @@ MasterOption = Annotated[
         "--master",
         "-m",
         envvar="QUORUMFS_MASTER",
-        help="Masters to ask, in order: comma-separated HTTP host:port.",
+        help="Masters to ask, in order: comma-separated HTTP host:port, or one NAME:PORT "
+        "whose DNS A/AAAA records are the masters.",
+    ),
+]
+DnsServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dns-server",
+        envvar=DNS_SERVER_ENV,
+        help="Nameserver (IP or IP:PORT) to resolve a --master NAME with "
+        "(default: the system's resolv.conf).",
+        show_default=False,
     ),
 ]
 TokenOption = Annotated[
@@ -132,6 +155,28 @@ def parse_masters(text: str) -> list[str]:
     return masters
 
 
+def resolve_masters(text: str, dns_server: str | None = None) -> list[str]:
+    """The masters of ``--master``: the list, or the addresses its one name resolves to
+    (asking ``dns_server``, else ``QUORUMFS_DNS_SERVER``, else the system's resolver)."""
+    masters = parse_masters(text)
+    nameserver = dns_server or os.environ.get(DNS_SERVER_ENV) or None
+    try:
+        if nameserver is not None:
+            parse_nameserver(nameserver)  # a typo is reported even when it is not needed
+    except ValueError as exc:
+        raise CliError(f"--dns-server: {exc}") from None
+    try:
+        name = dns_name_of(masters)
+    except ValueError as exc:
+        raise CliError(f"--master: {exc}") from None
+    if name is None:
+        return masters
+    try:
+        return list(DnsMasters(name, nameserver=nameserver).resolve_once())
+    except OSError as exc:
+        raise CliError(f"--master: {exc}; pass --dns-server (or set {DNS_SERVER_ENV})") from None
+
+
 class Reply(NamedTuple):
     status: int
     body: Any
@@ -156,10 +201,11 @@ class MasterClient:
         masters: str,
         *,
         token: str | None = None,
+        dns_server: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
     ) -> None:
-        self.masters = parse_masters(masters)
+        self.masters = resolve_masters(masters, dns_server)
         self.token = token
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout

@@ -11,6 +11,7 @@ import typer
 import uvloop
 from rich.console import Console
 
+from quorumfs.client import DNS_SERVER_ENV
 from quorumfs.volume.server import SECRET_ENV, VolumeOptions, VolumeStartupError, run_volume
 
 _SIZE: Final = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[KMGTP]?)(?P<suffix>i?B?)", re.I)
@@ -47,9 +48,19 @@ def volume(
     mserver: Annotated[
         str,
         typer.Option(
-            help="Comma-separated HOST:PORT of masters (any of them; the leader is found)."
+            help="Comma-separated HOST:PORT of masters (any of them; the leader is found), "
+            "or one NAME:PORT whose DNS A/AAAA records are the masters (re-resolved every 5 s)."
         ),
     ] = "127.0.0.1:9333",
+    dns_server: Annotated[
+        str | None,
+        typer.Option(
+            envvar=DNS_SERVER_ENV,
+            help="Nameserver (IP or IP:PORT) to resolve a --mserver NAME with "
+            "(default: the system's resolv.conf).",
+            show_default=False,
+        ),
+    ] = None,
     secret: Annotated[
         str | None,
         typer.Option(envvar=SECRET_ENV, help="Cluster secret (the masters' own)."),
@@ -85,6 +96,7 @@ def volume(
         ip=ip,
         port=port,
         masters=tuple(m for m in mserver.split(",") if m.strip()),
+        dns_server=dns_server or None,
         secret=secret,
         max_bytes=max_bytes,
         pulse_ms=pulse_ms,

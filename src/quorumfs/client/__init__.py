@@ -2,7 +2,8 @@
 plus a sync facade.
 
 Owns how a program talks to a group of masters as if it were one server: find
-the leader (from a list of masters, or any ``MasterSource``), follow redirects,
+the leader (from a list of masters, one DNS name whose A/AAAA records are the
+masters, or any ``MasterSource``), follow redirects,
 ride through a leader change with retries bounded by a deadline, never repeat a
 write that is not safe to repeat, and raise one typed exception per outcome
 (``errors``). It also moves file content to and from the volume servers
@@ -34,6 +35,15 @@ from quorumfs.master.http_api import DeleteResponse, RenameResponse
 from quorumfs.master.results import DirEntry, Kind, Stat, Totals
 
 from ._async import AsyncMasterClient, MasterInfo, RetryPolicy
+from ._dns import (
+    DEFAULT_REFRESH,
+    DNS_SERVER_ENV,
+    DnsMasters,
+    Nameserver,
+    dns_name_of,
+    master_source,
+    parse_nameserver,
+)
 from ._files import Progress, Sink, Source, TransferPolicy
 from ._sources import MasterSource, StaticMasters, parse_address, parse_masters
 from ._sync import MasterClient
@@ -57,6 +67,8 @@ from .errors import (
 )
 
 __all__ = [
+    "DEFAULT_REFRESH",
+    "DNS_SERVER_ENV",
     "AlreadyExists",
     "AsyncMasterClient",
     "ClusterStatus",
@@ -65,6 +77,7 @@ __all__ = [
     "DeleteResponse",
     "DirEntry",
     "DirectoryNotEmpty",
+    "DnsMasters",
     "FileChanged",
     "InvalidArgument",
     "IsADirectory",
@@ -73,6 +86,7 @@ __all__ = [
     "MasterInfo",
     "MasterSource",
     "NameTooLong",
+    "Nameserver",
     "NotADirectory",
     "NotFound",
     "OutcomeUnknown",
@@ -90,6 +104,9 @@ __all__ = [
     "TransferPolicy",
     "Unavailable",
     "WriteFailed",
+    "dns_name_of",
+    "master_source",
     "parse_address",
     "parse_masters",
+    "parse_nameserver",
 ]

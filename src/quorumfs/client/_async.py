@@ -129,6 +129,7 @@ from quorumfs.wire import (
     VolumesResponse,
 )
 
+from ._dns import DnsMasters, master_source
 from ._files import (
     DataPath,
     Progress,
@@ -137,7 +138,7 @@ from ._files import (
     TransferPolicy,
     describe_failure,
 )
-from ._sources import MasterSource, StaticMasters
+from ._sources import MasterSource
 from .errors import (
     NotFound,
     OutcomeUnknown,
@@ -297,9 +298,11 @@ class AsyncMasterClient:
     """The masters' namespace API as coroutines: finds the leader, follows redirects,
     retries across a leader change, raises ``errors.QuorumfsError`` subclasses.
 
-    ``masters``: ``"h1:p1,h2:p2"``, a list of ``host:port`` strings, or a
-    ``MasterSource``. Use ``async with AsyncMasterClient(...) as client:`` (or call
-    ``close()``) so that its connections are closed.
+    ``masters``: ``"h1:p1,h2:p2"``, a list of ``host:port`` strings, one ``NAME:PORT``
+    whose A/AAAA records are the masters (``DnsMasters``, asking ``nameserver`` when
+    given, ``"ip"`` or ``"ip:port"``), or a ``MasterSource``. Use ``async with
+    AsyncMasterClient(...) as client:`` (or call ``close()``) so that its connections
+    are closed.
     """
 
     def __init__(
@@ -309,15 +312,24 @@ class AsyncMasterClient:
         policy: RetryPolicy | None = None,
         token: str | None = None,
         transfer: TransferPolicy | None = None,
+        nameserver: str | None = None,
     ) -> None:
+        self._owned_source: DnsMasters | None = None
+        """A source this client made from text, closed with it."""
         if isinstance(masters, str | Sequence):
-            masters = StaticMasters(masters)
+            masters = master_source(masters, nameserver=nameserver)
+            if isinstance(masters, DnsMasters):
+                self._owned_source = masters
+        elif nameserver is not None:
+            raise ValueError("nameserver applies to masters given as text, not to a MasterSource")
         if not isinstance(masters, MasterSource):
             raise TypeError(
                 "masters must be 'host:port,...', a list of host:port, or a MasterSource, "
                 f"not {type(masters).__name__}"
             )
         self._source = masters
+        self._source_failure: str | None = None
+        """Why the source gave no address the last time it was asked."""
         self._policy = policy or RetryPolicy()
         self._token = token
         """Sent as ``Authorization: Bearer`` with every request (admin or volume token)."""
@@ -370,6 +382,8 @@ class AsyncMasterClient:
         if session is not None:
             await session.close()
         await self._data.close()
+        if self._owned_source is not None:
+            await self._owned_source.aclose()
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -676,9 +690,12 @@ class AsyncMasterClient:
             now = self._loop_time()
             if deadline - now < _MIN_ATTEMPT:
                 raise self._unavailable(call, reason, attempts, now - start)
-            addresses = await self._addresses()
+            addresses = await self._addresses(deadline)
             if not addresses:
-                address, reason = None, f"the master source {self._source!r} gave no address"
+                address = None
+                reason = (
+                    self._source_failure or f"the master source {self._source!r} gave no address"
+                )
             elif call.idempotent:
                 address = self._pick(addresses, now)
             elif self._leader is not None and not self._penalized(self._leader, now):
@@ -884,13 +901,25 @@ class AsyncMasterClient:
 
     # ------------------------------------------------------- master choice
 
-    async def _addresses(self) -> Sequence[str]:
-        """The source's masters; none when it fails (the caller waits and asks again)."""
+    async def _addresses(self, deadline: float | None = None) -> Sequence[str]:
+        """The source's masters; none when it fails, or has not answered by ``deadline``
+        (a first DNS look-up: it goes on, shielded, for the next call), and the caller
+        waits and asks again."""
         try:
-            return await self._source.addresses()
+            if deadline is None:
+                addresses = await self._source.addresses()
+            else:
+                async with asyncio.timeout_at(deadline):  # no extra task, unlike wait_for
+                    addresses = await self._source.addresses()
+        except TimeoutError:
+            self._source_failure = f"the master source {self._source!r} did not answer in time"
+            return ()
         except OSError as exc:
             logger.debug("the master source %r failed: %s", self._source, exc)
+            self._source_failure = str(exc) or f"the master source {self._source!r} failed"
             return ()
+        self._source_failure = None
+        return addresses
 
     def _pick(self, addresses: Sequence[str], now: float) -> str | None:
         """The leader if known and not penalized, else the next master in turn that is not."""

@@ -5,9 +5,10 @@ addresses, and is asked again at the start of every client call (so it must be
 cheap: cache, don't resolve per call). The client decides who leads and in
 what order to try them; a source only lists candidates.
 
-``StaticMasters`` is the default (``"h1:p1,h2:p2"`` or a list). A DNS-backed
-source (issue 5: one name with several A records, re-resolved every few
-seconds) implements the same protocol and is passed to the client as is.
+``StaticMasters`` is a fixed list (``"h1:p1,h2:p2"`` or a list). ``DnsMasters``
+(``_dns``: one name with several A/AAAA records, re-resolved every few seconds)
+implements the same protocol; ``_dns.master_source`` chooses between the two
+from what a user typed, and is what the client does with text.
 """
 
 from __future__ import annotations

@@ -60,8 +60,11 @@ class MasterClient:
         *,
         policy: RetryPolicy | None = None,
         transfer: TransferPolicy | None = None,
+        nameserver: str | None = None,
     ) -> None:
-        self._client = AsyncMasterClient(masters, policy=policy, transfer=transfer)
+        self._client = AsyncMasterClient(
+            masters, policy=policy, transfer=transfer, nameserver=nameserver
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="quorumfs-client", daemon=True

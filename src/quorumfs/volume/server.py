@@ -9,7 +9,9 @@ Owns putting the parts together and taking them apart in order; the parts
 are ``store`` (the chunks), ``http_api`` (serving them) and ``heartbeat`` (the
 masters). The masters are reached through ``quorumfs.client.AsyncMasterClient``
 with the volume token derived from the cluster secret; write tokens are
-checked with the key derived from the same secret.
+checked with the key derived from the same secret. ``--mserver`` is a list of
+masters, or one ``NAME:PORT`` whose DNS records are the masters
+(``DiscoveredMasters``).
 
 Shutdown (``stop`` set, SIGINT or SIGTERM): heartbeats and compaction stop
 first; the site stops listening, and uploads still streaming in are given up
@@ -27,14 +29,20 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from aiohttp import web
 
-from quorumfs.client import AsyncMasterClient, RetryPolicy, parse_address
+from quorumfs.client import (
+    AsyncMasterClient,
+    DnsMasters,
+    RetryPolicy,
+    dns_name_of,
+    parse_address,
+)
 from quorumfs.tokens import volume_token
 
 from .errors import StoreInUseError
@@ -52,6 +60,7 @@ __all__ = [
     "READ_GRACE",
     "SECRET_ENV",
     "SHUTDOWN_GRACE",
+    "DiscoveredMasters",
     "VolumeOptions",
     "VolumeStartupError",
     "run_volume",
@@ -81,7 +90,12 @@ class VolumeOptions:
     """Address to listen on (and to advertise, unless ``public_address`` is given)."""
     port: int = 8080
     masters: tuple[str, ...] = ("127.0.0.1:9333",)
-    """HTTP addresses of masters to start from (``--mserver``); the leader names the rest."""
+    """HTTP addresses of masters to start from (``--mserver``); the leader names the rest.
+    One ``NAME:PORT`` (a host that is not an IP address) is resolved through DNS
+    (``DiscoveredMasters``)."""
+    dns_server: str | None = None
+    """The nameserver to resolve a master name with (``ip`` or ``ip:port``,
+    ``--dns-server``); None: the system's."""
     secret: str | None = None
     """The cluster secret (at least ``MIN_SECRET_BYTES``); required."""
     max_bytes: int | None = None
@@ -100,6 +114,49 @@ class VolumeOptions:
         return self.public_address or f"{self.ip}:{self.port}"
 
 
+class DiscoveredMasters(MasterList):
+    """``--mserver NAME:PORT``: the masters NAME resolves to (``DnsMasters``, re-resolved
+    every few seconds), then the others the leader named in its last answer."""
+
+    def __init__(self, dns: DnsMasters) -> None:
+        super().__init__(dns.target)
+        self.dns = dns
+
+    @property
+    def current(self) -> tuple[str, ...]:
+        learned = self._learned_masters()
+        return _unique(self.dns.answer + learned) or (self.dns.target,)
+
+    async def addresses(self) -> Sequence[str]:
+        learned = self._learned_masters()
+        try:
+            resolved = await self.dns.addresses()
+        except OSError:
+            if not learned:
+                raise
+            return learned  # never resolved, but a leader was reached once and named them
+        return _unique((*resolved, *learned))
+
+    def _learned_masters(self) -> tuple[str, ...]:
+        """What ``MasterList`` learned from the leader: its list less the name itself."""
+        return tuple(a for a in super().current if a != self.dns.target)
+
+    def __repr__(self) -> str:
+        return f"DiscoveredMasters({self.dns!r})"
+
+
+def _unique(addresses: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(addresses))
+
+
+def _masters(options: VolumeOptions) -> MasterList:
+    """``--mserver`` as a ``MasterList``; ``ValueError`` when malformed."""
+    name = dns_name_of(options.masters)
+    if name is None:
+        return MasterList(options.masters)
+    return DiscoveredMasters(DnsMasters(name, nameserver=options.dns_server))
+
+
 def _check(options: VolumeOptions) -> tuple[bytes, MasterList]:
     """The secret and the masters, or ``VolumeStartupError`` saying what is wrong."""
     if not options.secret:
@@ -111,7 +168,7 @@ def _check(options: VolumeOptions) -> tuple[bytes, MasterList]:
     if len(secret) < MIN_SECRET_BYTES:
         raise VolumeStartupError(f"the cluster secret must be at least {MIN_SECRET_BYTES} bytes")
     try:
-        masters = MasterList(options.masters)
+        masters = _masters(options)
         parse_address(options.address)
     except ValueError as error:
         raise VolumeStartupError(str(error)) from None
@@ -214,4 +271,6 @@ async def run_volume(
         await runner.cleanup()
         await heart.tasks.close()
         await client.close()
+        if isinstance(masters, DiscoveredMasters):
+            await masters.dns.aclose()
         await asyncio.to_thread(store.close)
