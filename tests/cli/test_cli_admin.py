@@ -137,6 +137,13 @@ class FakeService:
         self.transfers.append(member_id)
         return member_id
 
+    async def step_down(self) -> int:
+        await self._on_leader()
+        voters = [m.id for m in self.members if m.voter and m.id != self.node_id]
+        if not voters:
+            raise RejectedError(f"master {self.node_id} is the only member that can lead")
+        return await self.transfer_leadership(voters[0])
+
     def admin_token_ok(self, token: str | None) -> bool:
         return token == TOKEN
 
@@ -362,12 +369,64 @@ def test_transfer_leader(serve: Serve) -> None:
     service = FakeService()
     address = serve(service)
     result = cli("cluster", "transfer-leader", "--to", "2", "-m", address, "--token", TOKEN)
-    assert (result.exit_code, result.stdout) == (0, "member 2 leads now\n")
+    assert (result.exit_code, result.stdout) == (0, "member 2 (10.0.0.2:9333) leads now\n")
     as_json = cli(
         "cluster", "transfer-leader", "--to", "3", "-m", address, "--token", TOKEN, "--json"
     )
-    assert json.loads(as_json.stdout) == {"leader_id": 3}
+    assert json.loads(as_json.stdout) == {"leader_id": 3, "leader_http": "10.0.0.3:9333"}
     assert service.transfers == [2, 3]
+
+
+@pytest.mark.parametrize(("to", "member"), [("10.0.0.3:9333", 3), ("10.0.0.2:19333", 2), ("3", 3)])
+def test_transfer_leader_to_an_address(serve: Serve, to: str, member: int) -> None:
+    service = FakeService()
+    result = cli("cluster", "transfer-leader", "--to", to, "-m", serve(service), "--token", TOKEN)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"member {member} (10.0.0.{member}:9333) leads now")
+    assert service.transfers == [member]
+
+
+@pytest.mark.parametrize(
+    ("to", "exit_code", "mentions"),
+    [
+        ("10.0.0.9:9333", 1, "no member has the address 10.0.0.9:9333"),
+        ("somewhere", 2, "--to: 'somewhere' is not host:port"),
+        ("0", 2, "--to: 0 is not a member id"),
+    ],
+)
+def test_transfer_leader_to_nobody(serve: Serve, to: str, exit_code: int, mentions: str) -> None:
+    service = FakeService()
+    result = cli("cluster", "transfer-leader", "--to", to, "-m", serve(service), "--token", TOKEN)
+    assert_one_line_error(result, exit_code, mentions)
+    assert service.transfers == []
+
+
+def test_step_down(serve: Serve) -> None:
+    service = FakeService()
+    address = serve(service)
+    result = cli("cluster", "step-down", "--master", address, "--token", TOKEN)
+    assert (result.exit_code, result.stdout) == (0, "member 2 (10.0.0.2:9333) leads now\n")
+    as_json = cli(
+        "cluster", "step-down", "-m", address, "--json", env={"QUORUMFS_ADMIN_TOKEN": TOKEN}
+    )
+    assert json.loads(as_json.stdout) == {"leader_id": 2, "leader_http": "10.0.0.2:9333"}
+    assert service.transfers == [2, 2]
+
+
+def test_step_down_errors(serve: Serve) -> None:
+    service = FakeService()
+    address = serve(service)
+    no_token = cli("cluster", "step-down", "-m", address)
+    assert_one_line_error(no_token, 1, "needs the cluster admin token", "EACCES")
+
+    service.members = service.members[:1]
+    alone = cli("cluster", "step-down", "-m", address, "--token", TOKEN)
+    assert_one_line_error(alone, 1, "the only member that can lead", "EINVAL")
+
+    service.leader, service.leader_address = False, None
+    leaderless = cli("cluster", "step-down", "-m", address, "--token", TOKEN)
+    assert_one_line_error(leaderless, 2, "no leader is known", "EAGAIN")
+    assert service.transfers == []
 
 
 def test_admin_commands_through_a_follower_reach_the_leader(serve: Serve) -> None:
@@ -376,8 +435,10 @@ def test_admin_commands_through_a_follower_reach_the_leader(serve: Serve) -> Non
     follower.leader_address = serve(leader)
     masters = f"{closed_address()},{serve(follower)}"
     result = cli("cluster", "transfer-leader", "--to", "3", "-m", masters, "--token", TOKEN)
-    assert (result.exit_code, result.stdout) == (0, "member 3 leads now\n")
-    assert leader.transfers == [3]
+    assert (result.exit_code, result.stdout) == (0, "member 3 (10.0.0.3:9333) leads now\n")
+    result = cli("cluster", "step-down", "-m", masters, "--token", TOKEN)
+    assert (result.exit_code, result.stdout) == (0, "member 2 (10.0.0.2:9333) leads now\n")
+    assert leader.transfers == [3, 2]
 
 
 def test_admin_command_without_a_leader_exits_2_and_is_not_sent_elsewhere(
@@ -411,7 +472,7 @@ def test_client_follows_redirects_to_the_leader(serve: Serve) -> None:
     follower.leader_address = leader_address
     client = MasterClient(serve(follower), token=TOKEN)
     reply = client.request("POST", "/cluster/transfer-leader", {"to": 2}, redirect=True)
-    assert (reply.status, reply.body, reply.address) == (200, {"leader_id": 2}, leader_address)
+    assert (reply.status, reply.body["leader_id"], reply.address) == (200, 2, leader_address)
     assert leader.transfers == [2]
 
 

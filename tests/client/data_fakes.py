@@ -262,6 +262,9 @@ class FakeLeader:
     async def transfer_leadership(self, member_id: int) -> int:
         raise NotImplementedError
 
+    async def step_down(self) -> int:
+        raise NotImplementedError
+
     def admin_token_ok(self, token: str | None) -> bool:
         return False
 

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +27,22 @@ SECRET = "integration-test-secret-0123456789"
 TICK_MS = 20  # fast elections keep the suite quick; the defaults are 50 ms
 
 
-def free_port_pair(run: int = 1) -> int:
-    """An HTTP port p with p .. p + run - 1 and each + 10000 free on 127.0.0.1."""
+def free_port_pair(run: int = 1, ips: Sequence[str] = ("127.0.0.1",)) -> int:
+    """An HTTP port p with p .. p + run - 1 and each + 10000 free on every one of ``ips``."""
     for _ in range(200):
         port = random.randint(20000, 45000)
-        if all(_free(p) and _free(p + 10000) for p in range(port, port + run)):
+        if all(
+            _free(p, ip) and _free(p + 10000, ip) for p in range(port, port + run) for ip in ips
+        ):
             return port
     raise RuntimeError("no free port pair")
 
 
-def _free(port: int) -> bool:
+def _free(port: int, ip: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((ip, port))
         except OSError:
             return False
     return True
@@ -91,10 +93,11 @@ def http(
 
 
 class Master:
-    def __init__(self, root: Path, name: str, port: int) -> None:
+    def __init__(self, root: Path, name: str, port: int, ip: str = "127.0.0.1") -> None:
         self.mdir = root / name
+        self.ip = ip
         self.port = port
-        self.address = f"127.0.0.1:{port}"
+        self.address = f"{ip}:{port}"
         self.log = root / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.extra_args: tuple[str, ...] = ()
@@ -114,6 +117,7 @@ class Master:
             str(self.mdir),
             "--port",
             str(self.port),
+            *(("--ip", self.ip) if self.ip != "127.0.0.1" else ()),
             "--tick-ms",
             str(TICK_MS),
             *self.extra_args,
@@ -163,13 +167,32 @@ class Master:
 
 
 class Cluster:
-    def __init__(self, root: Path, size: int = 3, master_args: tuple[str, ...] = ()) -> None:
+    """Masters on 127.0.0.1, each on its own ports; or, with ``ips``, one master per
+    address, all on the same ports (as masters behind one DNS name would be)."""
+
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        master_args: tuple[str, ...] = (),
+        *,
+        ips: Sequence[str] | None = None,
+    ) -> None:
         self.root = root
         self.master_args = master_args
-        self.masters = [self._new_master(f"m{i}") for i in range(1, size + 1)]
+        self.ips = None if ips is None else tuple(ips)
+        self.masters = self._new_masters(size if self.ips is None else len(self.ips))
 
-    def _new_master(self, name: str) -> Master:
-        master = Master(self.root, name, free_port_pair())
+    def _new_masters(self, size: int, suffix: str = "") -> list[Master]:
+        if self.ips is None:
+            return [self._new_master(f"m{i}{suffix}") for i in range(1, size + 1)]
+        port = free_port_pair(ips=self.ips)
+        return [
+            self._new_master(f"m{i}{suffix}", port, ip) for i, ip in enumerate(self.ips, start=1)
+        ]
+
+    def _new_master(self, name: str, port: int | None = None, ip: str = "127.0.0.1") -> Master:
+        master = Master(self.root, name, port or free_port_pair(), ip)
         master.extra_args = self.master_args
         return master
 
@@ -187,10 +210,7 @@ class Cluster:
                 if "cannot listen" not in str(error) or attempt == 2:
                     raise
                 self.stop()
-                self.masters = [
-                    self._new_master(f"m{i}-retry{attempt}")
-                    for i in range(1, len(self.masters) + 1)
-                ]
+                self.masters = self._new_masters(len(self.masters), f"-retry{attempt}")
 
     def add(self, via: Master) -> Master:
         master = self._new_master(f"m{len(self.masters) + 1}")
@@ -238,6 +258,8 @@ class Volume:
         self.masters = masters
         self.log = root / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_args: tuple[str, ...] = ()
+        """Given on every start (e.g. ``--dns-server``)."""
 
     def start(self, *args: str) -> None:
         env = dict(os.environ)
@@ -255,6 +277,7 @@ class Volume:
             ",".join(self.masters),
             "--pulse-ms",
             str(PULSE_MS),
+            *self.extra_args,
             *args,
         ]
         with self.log.open("ab") as log:
@@ -290,21 +313,38 @@ class DataCluster(Cluster):
     """Masters plus volume servers: a whole file system on loopback.
 
     Masters get ``master_args`` (e.g. a short ``--replication-delay``) and volume
-    heartbeats every ``PULSE_MS``."""
+    heartbeats every ``PULSE_MS``. Volume servers are given every master's address as
+    ``--mserver``, or what ``mserver`` makes of the masters (e.g. one DNS name), and
+    ``volume_args``."""
 
     def __init__(
-        self, root: Path, *, masters: int = 3, volumes: int = 3, master_args: tuple[str, ...] = ()
+        self,
+        root: Path,
+        *,
+        masters: int = 3,
+        volumes: int = 3,
+        master_args: tuple[str, ...] = (),
+        ips: Sequence[str] | None = None,
+        mserver: Callable[[list[Master]], list[str]] | None = None,
+        volume_args: tuple[str, ...] = (),
     ) -> None:
         timings = ("--volume-pulse-ms", str(PULSE_MS), "--volume-dead-after", "1.5")
-        super().__init__(root, masters, (*timings, *master_args))
+        super().__init__(root, masters, (*timings, *master_args), ips=ips)
         self.volume_count = volumes
         self.volumes: list[Volume] = []
+        self.mserver = mserver
+        self.volume_args = volume_args
 
     def start(self) -> None:
         super().start()
-        addresses = [m.address for m in self.masters]
+        if self.mserver is not None:
+            addresses = self.mserver(self.masters)
+        else:
+            addresses = [m.address for m in self.masters]
         for i in range(1, self.volume_count + 1):
-            self.volumes.append(Volume(self.root, f"v{i}", free_port_pair(), addresses))
+            volume = Volume(self.root, f"v{i}", free_port_pair(), addresses)
+            volume.extra_args = self.volume_args
+            self.volumes.append(volume)
         for volume in self.volumes:
             volume.start()
         self.wait_writable(len(self.volumes))

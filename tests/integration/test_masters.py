@@ -155,10 +155,13 @@ def test_a_torn_journal_tail_is_truncated_with_a_warning(tmp_path: Path) -> None
     with segment.open("ab") as f:
         f.write(b"\xa9\x57\x01\x00\x00\x00\x10")  # half a record header: a crash mid-write
     master.start()
-    master.wait_serving()
-    wait_for(lambda: master.role() == "LEADER", "the master to lead again")
-    assert names(master) == [f"d{i}" for i in range(5)]
-    assert "torn" in master.log_text().lower()
+    try:
+        master.wait_serving()
+        wait_for(lambda: master.role() == "LEADER", "the master to lead again")
+        assert names(master) == [f"d{i}" for i in range(5)]
+        assert "torn" in master.log_text().lower()
+    finally:
+        master.kill(signal.SIGTERM)
 
 
 def test_a_corrupt_committed_record_refuses_to_start(tmp_path: Path) -> None:

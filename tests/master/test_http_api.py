@@ -89,6 +89,8 @@ class FakeService:
         self.membership_error: Exception | None = None
         self.transfers: list[int] = []
         self.removed: list[int] = []
+        self.step_down_to: int | None = 2
+        """Whom ``step_down`` hands over to; None: no other member can lead."""
 
     @property
     def namespace(self) -> Namespace:
@@ -167,6 +169,12 @@ class FakeService:
             raise self.membership_error
         self.transfers.append(member_id)
         return member_id
+
+    async def step_down(self) -> int:
+        await self._leader_gate()
+        if self.step_down_to is None:
+            raise RejectedError("master 1 is the only member that can lead")
+        return await self.transfer_leadership(self.step_down_to)
 
     def admin_token_ok(self, token: str | None) -> bool:
         return token == TOKEN
@@ -662,6 +670,7 @@ ADMIN_CALLS = [
     ("POST", "/cluster/members", {"http": "h:1", "raft": "h:2"}),
     ("DELETE", "/cluster/members/2", None),
     ("POST", "/cluster/transfer-leader", {"to": 2}),
+    ("POST", "/cluster/step-down", None),
 ]
 
 
@@ -762,11 +771,17 @@ def test_transfer_leader() -> None:
         )
         async with serve(service) as client:
             moved = await call(client, "POST", "/cluster/transfer-leader", {"to": 3}, headers=ADMIN)
-            assert (moved.status, moved.body) == (200, {"leader_id": 3})
+            assert (moved.status, moved.body) == (
+                200,
+                {"leader_id": 3, "leader_http": "10.0.0.3:9333"},
+            )
             itself = await call(
                 client, "POST", "/cluster/transfer-leader", {"to": 1}, headers=ADMIN
             )
-            assert (itself.status, itself.body) == (200, {"leader_id": 1})
+            assert (itself.status, itself.body) == (
+                200,
+                {"leader_id": 1, "leader_http": "10.0.0.1:9333"},
+            )
             assert service.transfers == [3]
 
             unknown = await call(
@@ -784,6 +799,57 @@ def test_transfer_leader() -> None:
             slow = await call(client, "POST", "/cluster/transfer-leader", {"to": 3}, headers=ADMIN)
             assert_error(slow, 503, "EAGAIN", mentions="did not catch up")
             assert slow.headers["Retry-After"] == "2"
+
+    run(test)
+
+
+def test_step_down() -> None:
+    async def test() -> None:
+        service = FakeService()
+        async with serve(service) as client:
+            moved = await call(client, "POST", "/cluster/step-down", headers=ADMIN)
+            assert (moved.status, moved.body) == (
+                200,
+                {"leader_id": 2, "leader_http": "10.0.0.2:9333"},
+            )
+            assert service.transfers == [2]
+
+            service.step_down_to = None
+            alone = await call(client, "POST", "/cluster/step-down", headers=ADMIN)
+            assert_error(alone, 400, "EINVAL", mentions="only member that can lead")
+
+            service.step_down_to = 3
+            service.unavailable = ServiceUnavailableError(
+                "node 1 still leads: the transfer to node 3 was given up", 1
+            )
+            failed = await call(client, "POST", "/cluster/step-down", headers=ADMIN)
+            assert_error(failed, 503, "EAGAIN", mentions="the transfer to node 3 was given up")
+            assert failed.headers["Retry-After"] == "1"
+        assert service.transfers == [2]
+
+    run(test)
+
+
+def test_a_follower_forwards_a_step_down_to_the_leader() -> None:
+    async def test() -> None:
+        leader = FakeService()
+        async with serve(leader) as leader_client:
+            follower = FakeService(2, leader=False)
+            follower.leader_address = address(leader_client)
+            async with serve(follower) as client:
+                forwarded = await call(client, "POST", "/cluster/step-down", headers=ADMIN)
+                assert (forwarded.status, forwarded.body["leader_id"]) == (200, 2)
+                assert forwarded.headers[SERVED_BY_HEADER] == address(leader_client)
+                redirected = await call(
+                    client,
+                    "POST",
+                    "/cluster/step-down",
+                    headers={**ADMIN, REDIRECT_HEADER: "1"},
+                )
+                assert redirected.status == 307
+                assert redirected.headers["Location"].endswith("/cluster/step-down")
+        assert leader.transfers == [2]
+        assert follower.transfers == []
 
     run(test)
 

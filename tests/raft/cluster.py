@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from quorumfs.raft import (
@@ -40,6 +40,9 @@ class Cluster:
         self.blocked: set[tuple[int, int]] = set()
         self.sent: list[Message] = []  # every message delivered, for assertions
         self.snapshot_data: dict[int, bytes] = {}  # what each node restored from a snapshot
+        self.observers: list[Callable[[int, bool], None]] = []
+        """Called with a node's id, and True, after each of its ticks; with False for each
+        Ready taken from it (before its messages go): where the runtime's lease log looks."""
         entries, hard_state = bootstrap_log(range(1, size + 1))
         for node_id in range(1, size + 1):
             storage = MemoryStorage()
@@ -94,6 +97,7 @@ class Cluster:
         out: list[Message] = []
         while node.has_ready():
             rd = node.ready()
+            self._observe(node_id, ticked=False)
             if rd.snapshot is not None:
                 storage.apply_snapshot(rd.snapshot)
                 self.snapshot_data[node_id] = rd.snapshot.data
@@ -134,7 +138,12 @@ class Cluster:
             for node_id in sorted(nodes if nodes is not None else self.nodes):
                 if node_id in self.nodes:
                     self.nodes[node_id].tick()
+                    self._observe(node_id, ticked=True)
             self.stabilize()
+
+    def _observe(self, node_id: int, *, ticked: bool) -> None:
+        for observer in self.observers:
+            observer(node_id, ticked)
 
     def elect(self, node_id: int) -> None:
         self.nodes[node_id].campaign()

@@ -260,6 +260,40 @@ def test_lease_remaining_counts_from_when_the_heartbeat_was_sent() -> None:
     assert c.nodes[1].raft.lease_remaining() == c.nodes[1].raft.lease_ticks - 3
 
 
+def test_lease_valid_until_moves_on_each_renewal_and_stops_without_one() -> None:
+    c = Cluster(3, read_only=ReadOnlyOption.LEASE, election_tick=10)
+    leader = c.nodes[1].raft
+    assert leader.lease_valid_until() is None  # not leading
+    c.elect(1)
+    c.tick([1])  # a heartbeat round, acknowledged by both followers at once
+    assert leader.lease_valid_until() == leader.ticks + leader.lease_ticks
+    c.tick([1], times=2)
+    assert leader.lease_valid_until() == leader.ticks + leader.lease_ticks  # renewed
+    assert c.nodes[2].raft.lease_valid_until() is None  # followers hold no lease
+    c.isolate(1)
+    until = leader.lease_valid_until()
+    c.tick([1], times=3)
+    assert leader.lease_valid_until() == until  # no quorum contact: no renewal
+    assert leader.lease_remaining() == leader.lease_ticks - 3
+    assert until is not None
+    c.tick([1], times=until - leader.ticks + 1)  # one tick past the end, still leading
+    assert c.role(1) is Role.LEADER
+    assert (leader.lease_remaining(), leader.lease_valid_until()) == (0, None)
+    c.heal()
+    c.tick([1])
+    assert leader.lease_valid_until() == leader.ticks + leader.lease_ticks  # acquired again
+
+
+def test_a_leadership_transfer_revokes_the_lease_at_once() -> None:
+    c = Cluster(3, read_only=ReadOnlyOption.LEASE)
+    c.elect(1)
+    c.tick([1])
+    assert c.nodes[1].raft.lease_valid_until() is not None
+    c.isolate(3)  # the transfer cannot finish
+    c.nodes[1].transfer_leadership(3)
+    assert c.nodes[1].raft.lease_valid_until() is None
+
+
 # -- leadership transfer -------------------------------------------------------------------
 
 

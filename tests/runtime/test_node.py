@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -58,7 +60,9 @@ class LocalTransport:
                 loop.call_soon(target.receive, m)
 
 
-async def start_group(tmp_path: Path, size: int = 3) -> tuple[LocalNetwork, dict[int, Register]]:
+async def start_group(
+    tmp_path: Path, size: int = 3, *, lease_logs: bool = False
+) -> tuple[LocalNetwork, dict[int, Register]]:
     network = LocalNetwork()
     machines: dict[int, Register] = {}
     entries, hard_state = bootstrap_log(range(1, size + 1))
@@ -72,7 +76,11 @@ async def start_group(tmp_path: Path, size: int = 3) -> tuple[LocalNetwork, dict
             storage,
             network.transport_for(node_id),
             machines[node_id],
-            options=NodeOptions(tick_interval=TICK, snapshot_every=50),
+            options=NodeOptions(
+                tick_interval=TICK,
+                snapshot_every=50,
+                lease_log=tmp_path / f"lease-{node_id}.log" if lease_logs else None,
+            ),
             rng=random.Random(node_id),
         )
     for node in network.nodes.values():
@@ -147,6 +155,50 @@ def test_leadership_transfer_returns_once_the_target_leads(tmp_path: Path) -> No
         target = next(n for n in network.nodes.values() if n is not leader)
         assert await leader.transfer_leadership(target.id, 5) == target.id
         assert target.is_leader()
+        await stop_all(network)
+
+    asyncio.run(scenario())
+
+
+def test_a_transfer_that_the_core_gives_up_fails_at_once_with_the_reason(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        network, _ = await start_group(tmp_path)
+        leader = await leader_of(network)
+        target = next(n for n in network.nodes.values() if n is not leader)
+        network.cut.add(target.id)
+        started = time.monotonic()
+        with pytest.raises(UnavailableError, match="given up after an election timeout"):
+            await leader.transfer_leadership(target.id, 5)
+        assert time.monotonic() - started < 1.0  # an election timeout (0.1 s), not 5 s
+        assert leader.is_leader()
+        await stop_all(network)
+
+    asyncio.run(scenario())
+
+
+def test_the_lease_log_records_a_transfer_on_both_sides(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        network, _ = await start_group(tmp_path, lease_logs=True)
+        leader = await leader_of(network)
+        target = next(n for n in network.nodes.values() if n is not leader)
+
+        def events(node: RaftNode) -> list[str]:
+            text = (tmp_path / f"lease-{node.id}.log").read_text()
+            return [line.split(" event=")[1].split()[0] for line in text.splitlines()]
+
+        async with asyncio.timeout(5):
+            while "lease-acquired" not in events(leader):
+                await asyncio.sleep(TICK)
+        await leader.transfer_leadership(target.id, 5)
+        async with asyncio.timeout(5):
+            while "lease-acquired" not in events(target):
+                await asyncio.sleep(TICK)
+        old = events(leader)
+        assert old[0] == "started"
+        assert old.index("lease-acquired") < old.index("step-down")
+        text = (tmp_path / f"lease-{leader.id}.log").read_text()
+        step_down = rf"event=step-down reason=transfer role=FOLLOWER leader=\w+ to={target.id}$"
+        assert re.search(step_down, text, re.MULTILINE), text
         await stop_all(network)
 
     asyncio.run(scenario())

@@ -2,10 +2,11 @@
 
 ``members`` shows every master with its role (LEADER/FOLLOWER/CANDIDATE/LEARNER/
 WITNESS), addresses and, as the leader knows them, replication progress and last
-contact, followed by the status's warnings. ``add``, ``remove`` and
-``transfer-leader`` change the group; they need the admin token, and any master
-accepts them (a follower forwards to the leader). Talking HTTP is ``cli.http``'s
-job; this module only asks and prints.
+contact, followed by the status's warnings. ``add``, ``remove``,
+``transfer-leader`` and ``step-down`` change the group; they need the admin token,
+and any master accepts them (a follower forwards to the leader). The last two
+return once the new leader is in place and print it. Talking HTTP is
+``cli.http``'s job; this module only asks and prints.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from rich.table import Table
 from rich.text import Text
 
 from quorumfs.master.contract import ClusterStatus, MemberInfo
+from quorumfs.master.http_api import TransferLeaderResponse
 from quorumfs.wire import VolumesResponse
 
 from .http import (
     DEFAULT_MASTER,
+    EXIT_REFUSED,
     CliError,
     JsonOption,
     MasterClient,
     MasterOption,
+    Reply,
     TokenOption,
     parse_address,
     reported_errors,
@@ -133,20 +137,68 @@ def remove(
 
 @app.command("transfer-leader")
 def transfer_leader(
-    to: Annotated[int, typer.Option("--to", help="Id of the voting member to lead.", min=1)],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            metavar="ID|HOST:PORT",
+            help="The voting member to lead: its id, or its HTTP (or Raft) address.",
+        ),
+    ],
     master: MasterOption = DEFAULT_MASTER,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Hand leadership to another voting member, and wait until it leads."""
+    """Hand leadership to another voting member; return once it leads."""
     with reported_errors():
-        reply = MasterClient(master, token=token).request(
-            "POST", "/cluster/transfer-leader", {"to": to}
-        )
-        if as_json:
-            typer.echo(json.dumps(reply.body))
-            return
-        typer.echo(f"member {reply.body.get('leader_id', to)} leads now")
+        client = MasterClient(master, token=token)
+        target = _member_id(client, to)
+        reply = client.request("POST", "/cluster/transfer-leader", {"to": target})
+        _print_leader(reply, as_json)
+
+
+@app.command("step-down")
+def step_down(
+    master: MasterOption = DEFAULT_MASTER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Make the leader hand over to the most caught-up voting member; return once it leads."""
+    with reported_errors():
+        reply = MasterClient(master, token=token).request("POST", "/cluster/step-down")
+        _print_leader(reply, as_json)
+
+
+def _member_id(client: MasterClient, to: str) -> int:
+    """The id ``--to`` names: an id as it is, an address looked up among the members."""
+    if to.isascii() and to.isdigit():
+        if int(to) < 1:
+            raise CliError(f"--to: {to} is not a member id (ids start at 1)")
+        return int(to)
+    address = _same_host(parse_address(to, "--to"))
+    reply = client.request("GET", "/cluster/status")
+    status = _decode(reply.body, ClusterStatus, reply.address)
+    for member in status.members:
+        if address in (_same_host(member.http), _same_host(member.raft)):
+            return member.id
+    raise CliError(
+        f"--to: no member has the address {to} (see them with `quorumfs cluster members`)",
+        EXIT_REFUSED,
+    )
+
+
+def _same_host(address: str) -> str:
+    """``localhost:P`` as the masters write it (``127.0.0.1:P``)."""
+    host, _, port = address.rpartition(":")
+    return f"127.0.0.1:{port}" if host == "localhost" else address
+
+
+def _print_leader(reply: Reply, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(reply.body))
+        return
+    answer = _decode(reply.body, TransferLeaderResponse, reply.address)
+    typer.echo(f"member {answer.leader_id} ({answer.leader_http}) leads now")
 
 
 def _members_table(status: ClusterStatus, seen_by: str) -> Table:

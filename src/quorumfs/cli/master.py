@@ -37,10 +37,24 @@ def master(
     raft_port: Annotated[
         int | None, typer.Option(help="Raft port (default: HTTP port + 10000).")
     ] = None,
-    tick_ms: Annotated[int, typer.Option(help="Raft tick length in milliseconds.")] = 50,
+    tick_ms: Annotated[int, typer.Option(help="Raft tick length in milliseconds.", min=1)] = 50,
     election_ticks: Annotated[
-        int, typer.Option(help="Election timeout in ticks (randomized up to twice this).")
+        int,
+        typer.Option(
+            help="Election timeout T in ticks: followers campaign after a random [T, 2T) "
+            "without a leader, and ignore other candidates within T of hearing it.",
+            min=3,
+        ),
     ] = 10,
+    lease_ticks: Annotated[
+        int | None,
+        typer.Option(
+            help="Leader lease in ticks, counted from when a heartbeat round a quorum "
+            "acknowledged was sent; at most election-ticks - 2 (the default).",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     fsync: Annotated[
         bool,
         typer.Option(help="fsync the journal before acknowledging (never turn off in production)."),
@@ -73,27 +87,28 @@ def master(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    options = MasterOptions(
-        mdir=mdir,
-        ip=ip,
-        port=port,
-        raft_port=raft_port,
-        peers=[p for p in peers.split(",") if p.strip()],
-        secret=secret,
-        tick_interval=tick_ms / 1000,
-        election_tick=election_ticks,
-        fsync=fsync,
-        data=DataOptions(
-            pulse=volume_pulse_ms / 1000,
-            topology=TopologyOptions(
-                dead_after=volume_dead_after,
-                replication_delay=replication_delay,
-                orphan_grace=orphan_grace,
-            ),
-        ),
-    )
     console = Console(stderr=True, soft_wrap=True)  # a path in an error must stay whole
     try:
+        options = MasterOptions(
+            mdir=mdir,
+            ip=ip,
+            port=port,
+            raft_port=raft_port,
+            peers=[p for p in peers.split(",") if p.strip()],
+            secret=secret,
+            tick_interval=tick_ms / 1000,
+            election_tick=election_ticks,
+            lease_tick=lease_ticks,
+            fsync=fsync,
+            data=DataOptions(
+                pulse=volume_pulse_ms / 1000,
+                topology=TopologyOptions(
+                    dead_after=volume_dead_after,
+                    replication_delay=replication_delay,
+                    orphan_grace=orphan_grace,
+                ),
+            ),
+        )
         # The journal's fsync runs in a worker thread; when it returns, it needs the GIL
         # back from a busy event loop. The default 5 ms switch interval would put up to
         # that much on every commit's critical path.

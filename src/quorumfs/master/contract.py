@@ -154,6 +154,12 @@ class MasterService(Protocol):
         unknown id, (400) for a member that cannot lead (a learner or witness)."""
         ...
 
+    async def step_down(self) -> int:
+        """Leader only. Hands leadership to the most caught-up voting member and returns
+        once it leads (its id); ``RejectedError`` (400) when no other member can lead,
+        ``ServiceUnavailableError`` saying why when the transfer fails or times out."""
+        ...
+
     def admin_token_ok(self, token: str | None) -> bool:
         """Whether ``token`` authorises membership changes and transfers."""
         ...

@@ -249,8 +249,11 @@ class RemoveMemberResponse(msgspec.Struct, frozen=True):
     removed: int
 
 
-class TransferLeaderResponse(msgspec.Struct, frozen=True):
+class TransferLeaderResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a transfer or a step-down: who leads now (it is in place)."""
+
     leader_id: int
+    leader_http: str
 
 
 class RedirectResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -650,11 +653,22 @@ class Handlers:
                     "transfer to a voting member"
                 )
             if body.to == self.service.node_id:
-                return json_response(TransferLeaderResponse(body.to))  # already leads
-            leader_id = await self.service.transfer_leadership(body.to)
-            return json_response(TransferLeaderResponse(leader_id))
+                return self.leads_now(body.to)  # already leads
+            return self.leads_now(await self.service.transfer_leadership(body.to))
 
         return await self.on_leader(request, raw, run)
+
+    async def step_down(self, request: web.Request) -> web.Response:
+        self.require_admin(request)
+
+        async def run() -> web.Response:
+            return self.leads_now(await self.service.step_down())
+
+        return await self.on_leader(request, b"", run)
+
+    def leads_now(self, leader_id: int) -> web.Response:
+        leader = self.member(leader_id)
+        return json_response(TransferLeaderResponse(leader_id=leader.id, leader_http=leader.http))
 
     def require_admin(self, request: web.Request) -> None:
         header = request.headers.get("Authorization")
@@ -726,6 +740,7 @@ def build_app(
     app.router.add_post("/cluster/members", api.add_member)
     app.router.add_delete("/cluster/members/{id}", api.remove_member)
     app.router.add_post("/cluster/transfer-leader", api.transfer_leader)
+    app.router.add_post("/cluster/step-down", api.step_down)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/openapi.json", api.openapi_document)
     return app

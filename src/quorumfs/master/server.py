@@ -6,6 +6,8 @@ The master directory (``--mdir``) holds::
     cluster.secret  the group's shared secret (mode 0600): authenticates Raft peers
     admin.token     derived from the secret (mode 0600): authorises admin requests
     journal/        the Raft journal (quorumfs.runtime.wal)
+    lease.log       leases and leadership changes, one line each (quorumfs.runtime.lease_log);
+                    rotated: lease.log.1 .. lease.log.5
 
 How a master starts, as SeaweedFS masters do:
 
@@ -22,6 +24,12 @@ How a master starts, as SeaweedFS masters do:
 - no ``--peers``: a group of one, with a freshly generated secret.
 
 Ports: HTTP on ``--port`` (default 9333), Raft on ``--port + 10000``.
+
+Timing (``MasterOptions``): a tick of ``tick_interval`` seconds; followers
+campaign after a random [T, 2T) without a leader, T = ``election_tick``
+ticks, and ignore other candidates within T of hearing the leader; the
+leader's lease runs ``lease_tick`` ticks from when a heartbeat round a quorum
+acknowledged was sent, at most ``election_tick - LEASE_MARGIN_TICKS``.
 """
 
 from __future__ import annotations
@@ -59,6 +67,10 @@ logger = logging.getLogger("quorumfs.master")
 
 SECRET_ENV = "QUORUMFS_CLUSTER_SECRET"
 MIN_SECRET_BYTES = 16
+LEASE_MARGIN_TICKS = 2
+"""The lease ends at least this many ticks before a follower that acknowledged it may
+vote again: one for the phase of the followers' tickers (a follower's first tick after
+hearing the leader can come at once), one for clock-rate drift and scheduling delays."""
 
 
 class MasterStartupError(Exception):
@@ -75,10 +87,29 @@ class MasterOptions:
     secret: str | None = None
     tick_interval: float = 0.05
     election_tick: int = 10
+    lease_tick: int | None = None
+    """None: the core's default, ``election_tick - 2``: the longest lease with the margin."""
     snapshot_every: int = 10_000
     fsync: bool = True
     data: DataOptions = field(default_factory=DataOptions)
     """Volume servers, placement and repair."""
+
+    def __post_init__(self) -> None:
+        if not self.tick_interval > 0:
+            raise MasterStartupError(f"the tick must be positive, not {self.tick_interval} s")
+        longest = self.election_tick - LEASE_MARGIN_TICKS
+        if longest < 1:
+            raise MasterStartupError(
+                f"--election-ticks {self.election_tick} leaves no room for a leader lease: "
+                f"give at least {LEASE_MARGIN_TICKS + 1}"
+            )
+        if self.lease_tick is not None and not 1 <= self.lease_tick <= longest:
+            raise MasterStartupError(
+                f"--lease-ticks {self.lease_tick} must be between 1 and --election-ticks - "
+                f"{LEASE_MARGIN_TICKS} = {longest}: the lease must end before a follower that "
+                f"acknowledged it may vote again ({self.election_tick} ticks after hearing the "
+                f"leader), with {LEASE_MARGIN_TICKS} ticks to spare for tick phase and clock drift"
+            )
 
     @property
     def http_address(self) -> str:
@@ -130,6 +161,7 @@ class _MasterDirectory:
         self.identity_file = path / "identity.json"
         self.secret_file = path / "cluster.secret"
         self.journal = path / "journal"
+        self.lease_log = path / "lease.log"
 
     def identity(self) -> _Identity | None:
         if not self.identity_file.exists():
@@ -295,6 +327,7 @@ async def run_master(
         id=identity.node_id,
         election_tick=options.election_tick,
         heartbeat_tick=1,
+        lease_tick=options.lease_tick,
         read_only=ReadOnlyOption.LEASE,
     )
     node = RaftNode(
@@ -303,7 +336,9 @@ async def run_master(
         transport,
         state,
         options=NodeOptions(
-            tick_interval=options.tick_interval, snapshot_every=options.snapshot_every
+            tick_interval=options.tick_interval,
+            snapshot_every=options.snapshot_every,
+            lease_log=directory.lease_log,
         ),
     )
     node_holder.append(node)

@@ -3,7 +3,8 @@
 It turns namespace commands into proposals, reads into read barriers, and
 the node's view of the group into ``ClusterStatus``; it runs membership
 changes (a new master joins as a learner and is promoted to voter once it
-has caught up) and leadership transfers. Every wait is bounded: a request
+has caught up) and leadership transfers, including stepping down (to the
+voter ``step_down_target`` picks). Every wait is bounded: a request
 that cannot be served in time fails with ``ServiceUnavailableError``.
 """
 
@@ -15,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from quorumfs.raft import ConfChange, ConfChangeType, Role
+from quorumfs.raft import ConfChange, ConfChangeType, Role, Status
 from quorumfs.runtime.node import NotLeaderError as NodeNotLeaderError
 from quorumfs.runtime.node import OutcomeUnknownError as NodeOutcomeUnknownError
 from quorumfs.runtime.node import RaftNode, UnavailableError
@@ -34,7 +35,7 @@ from .namespace import Namespace
 from .results import Result
 from .state_machine import MasterStateMachine, MemberAddresses
 
-__all__ = ["RaftMasterService"]
+__all__ = ["RaftMasterService", "step_down_target"]
 
 logger = logging.getLogger("quorumfs.master")
 
@@ -44,6 +45,20 @@ _ROLE_NAMES = {
     Role.CANDIDATE: MemberRole.CANDIDATE,
     Role.PRE_CANDIDATE: MemberRole.CANDIDATE,
 }
+
+
+def step_down_target(status: Status) -> int | None:
+    """The member a stepping-down leader hands over to: a voter that can lead, the
+    one heard from recently before one that was not (it may be down), then the one
+    with the longest log (it catches up soonest), then the lowest id. None: no one."""
+    candidates = [
+        peer
+        for peer in status.peers.values()
+        if peer.id != status.id and peer.id in status.conf.voters and not peer.is_witness
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p.recent_active, p.match, -p.id)).id
 
 
 class RaftMasterService:
@@ -215,6 +230,17 @@ class RaftMasterService:
         if not self.is_leader():
             raise NotLeaderError(self.leader_http())
         return int(await self._call(self.node.transfer_leadership(member_id, self.timeout)))
+
+    async def step_down(self) -> int:
+        if not self.is_leader():
+            raise NotLeaderError(self.leader_http())
+        target = step_down_target(self.node.status())
+        if target is None:
+            raise RejectedError(
+                f"master {self.node_id} is the only member that can lead: no other voter "
+                "can take over; add a master first (`quorumfs cluster add`)"
+            )
+        return int(await self._call(self.node.transfer_leadership(target, self.timeout)))
 
     async def close(self) -> None:
         for task in list(self._promotions):

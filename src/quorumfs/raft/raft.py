@@ -166,20 +166,37 @@ class Raft:
 
     def lease_remaining(self) -> int:
         """Ticks the leader lease still holds; 0 when this node holds none."""
-        if self.role is not Role.LEADER or self._lease_revoked:
-            return 0
-        if not self.config.check_quorum or not self.committed_in_current_term():
-            return 0
-        if self.knobs.ignore_lease_expiry:
+        if self.knobs.ignore_lease_expiry and self._may_hold_lease():
             return self.lease_ticks
+        until = self.lease_valid_until()
+        return 0 if until is None else max(0, until - self.ticks)
+
+    def lease_valid_until(self) -> int | None:
+        """The tick (as counted by ``self.ticks``) at which the leader lease ends unless
+        a quorum acknowledges a newer heartbeat round: ``lease_ticks`` after the newest
+        round a quorum acknowledged was sent. It moves forward on every renewal.
+
+        None when this node can hold no lease (it does not lead, a leadership transfer
+        revoked the lease, nothing of its term is committed yet, CheckQuorum is off) or
+        no acknowledged round is recent enough to count. Drivers use it to see leases
+        being acquired, renewed and lapsing; reads use ``lease_remaining``.
+        """
+        if not self._may_hold_lease():
+            return None
         acked_round = quorum.committed_index(
             self.conf.voters,
             lambda v: self._heartbeat_round if v == self.id else self._acked_round(v),
         )
         sent_at = self._round_sent_at.get(acked_round)
-        if sent_at is None:
-            return 0
-        return max(0, sent_at + self.lease_ticks - self.ticks)
+        return None if sent_at is None else sent_at + self.lease_ticks
+
+    def _may_hold_lease(self) -> bool:
+        return (
+            self.role is Role.LEADER
+            and not self._lease_revoked
+            and self.config.check_quorum
+            and self.committed_in_current_term()
+        )
 
     def _acked_round(self, node: int) -> int:
         pr = self.prs.get(node)

@@ -12,7 +12,9 @@ This module is the Ready recipe of ``quorumfs.raft.rawnode`` and nothing else:
 It also owns the clock: the core counts ticks, and the ticker calls ``tick``
 as many times as ``tick_interval`` periods have passed on the monotonic clock,
 so a process that was paused (SIGSTOP, a long GC) catches up at once instead
-of believing no time passed (which would stretch its leader lease).
+of believing no time passed (which would stretch its leader lease). With
+``NodeOptions.lease_log`` set, it has ``lease_log.LeaseLog`` look at the core
+after every batch of ticks and every Ready taken (before its messages leave).
 
 Proposals are tagged with a random request id so that the node that proposed
 an entry can hand the state machine's result back to the waiting caller. A
@@ -31,9 +33,11 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from quorumfs.raft import (
+    NONE,
     ConfChange,
     Config,
     ConfState,
@@ -48,6 +52,7 @@ from quorumfs.raft import (
     Status,
 )
 
+from .lease_log import LeaseLog
 from .wal import DiskStorage
 
 __all__ = [
@@ -112,6 +117,8 @@ class NodeOptions:
     """Seconds per core tick: with election_tick=10, elections start after 0.5-1.0 s."""
     snapshot_every: int = 10_000
     """Applied entries between two snapshots (the log before a snapshot is dropped)."""
+    lease_log: Path | None = None
+    """Where to write the lease log (``lease_log``); None: nowhere."""
 
 
 class RaftNode:
@@ -144,6 +151,7 @@ class RaftNode:
         self._soft = SoftState()
         self._soft_waiters: list[asyncio.Future[None]] = []  # woken on every role change
         self._role_listeners: list[Callable[[SoftState, int], None]] = []
+        self._lease_log: LeaseLog | None = None
         stored, _ = storage.initial_state()
         self._saved_term_vote = (stored.term, stored.vote)
 
@@ -152,6 +160,11 @@ class RaftNode:
     async def start(self) -> None:
         """Replay the committed journal, then start ticking and processing."""
         self.replay()
+        if self.options.lease_log is not None:
+            self._lease_log = LeaseLog(
+                self.options.lease_log, self.raw.raft, self.options.tick_interval
+            )
+            self._lease_log.observe()
         self._tasks = [
             asyncio.create_task(self._ticker(), name=f"raft-{self.id}-ticker"),
             asyncio.create_task(self._ready_loop(), name=f"raft-{self.id}-ready"),
@@ -181,6 +194,9 @@ class RaftNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._fail_waiters(UnavailableError("the node is shutting down"))
+        if self._lease_log is not None:
+            self._lease_log.close()
+            self._lease_log = None
 
     def on_role_change(self, listener: Callable[[SoftState, int], None]) -> None:
         """Call ``listener(soft_state, term)`` whenever the role or known leader changes."""
@@ -260,9 +276,15 @@ class RaftNode:
             self._membership = None
 
     async def transfer_leadership(self, target: int, timeout: float) -> int:
-        """Hand leadership to ``target``; returns once it leads (its id)."""
+        """Hand leadership to ``target``; returns once this node knows it leads (its id).
+
+        Fails (``UnavailableError``, saying why) as soon as the core gives the
+        transfer up (after an election timeout: ``target`` did not catch up or
+        did not answer), another node wins instead, or ``timeout`` passes.
+        """
         if target not in self.raw.raft.conf.voters:
             raise UnavailableError(f"node {target} is not a voter")
+        leader_before = self.leader
         try:
             self.raw.transfer_leadership(target)
         except DroppedError as error:
@@ -271,13 +293,27 @@ class RaftNode:
         try:
             async with asyncio.timeout(timeout):
                 while self.leader != target:
-                    await self._next_role_change()
+                    self._check_transfer(target, leader_before)
+                    # The core drops a transfer on a tick, without a role change: look again.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.options.tick_interval):
+                            await self._next_role_change()
         except TimeoutError as error:
             raise UnavailableError(
                 f"node {target} did not take over within {timeout:g} s "
                 f"(the leader is {self.leader or 'unknown'})"
             ) from error
         return target
+
+    def _check_transfer(self, target: int, leader_before: int) -> None:
+        raft = self.raw.raft
+        if raft.role is Role.LEADER and raft.lead_transferee != target:
+            raise UnavailableError(
+                f"node {self.id} still leads: the transfer to node {target} was given up "
+                "after an election timeout (it did not catch up, or did not answer)"
+            )
+        if raft.lead not in (NONE, target, leader_before):
+            raise UnavailableError(f"node {raft.lead} was elected instead of node {target}")
 
     async def _next_role_change(self) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -321,7 +357,12 @@ class RaftNode:
             for _ in range(due - self._ticks):
                 self.raw.tick()
             self._ticks = due
+            self._observe_lease(ticked=True)
             self._wake.set()
+
+    def _observe_lease(self, *, ticked: bool) -> None:
+        if self._lease_log is not None:
+            self._lease_log.observe(ticked=ticked)
 
     # -- the Ready loop ----------------------------------------------------------------
 
@@ -331,6 +372,7 @@ class RaftNode:
             self._wake.clear()
             while self.raw.has_ready():
                 rd = self.raw.ready()
+                self._observe_lease(ticked=False)  # see a transfer before its TimeoutNow leaves
                 early, late = self._split_messages(rd)
                 self.transport.send(early)
                 if rd.entries or rd.snapshot is not None or self._vote_changes(rd):
