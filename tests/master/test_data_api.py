@@ -47,7 +47,7 @@ async def serve(service: ListeningService) -> AsyncIterator[tuple[Client, DataSe
         secret=SECRET,
         leader_term=lambda: 3 if service.leader else None,
         masters=lambda: ["10.0.0.1:9333"],
-        options=DataOptions(topology=TopologyOptions(min_free=1)),
+        options=DataOptions(topology=TopologyOptions(min_free=1), writable_wait=0.2),
     )
     service.data = data
     app = build_app(service, request_timeout=2.0, more_routes=add_data_routes(data))
@@ -225,5 +225,33 @@ def test_a_follower_redirects_data_writes_and_serves_lookups() -> None:
             service.namespace.apply(Create(path="/f", mtime=0, owner="o")).unwrap()
             content = await call(client, "GET", "/v1/fs/chunks?path=/f")
             assert content.status == 200 and content.body["chunks"] == []
+
+    run(test)
+
+
+def test_an_allocation_waits_for_a_server_to_become_writable() -> None:
+    """Right after a leader change no server is writable until its full report: an
+    allocation made then is held until one is, rather than answered "retry in 1 s"."""
+
+    async def test() -> None:
+        service = ListeningService()
+        async with serve(service) as (client, data):
+            data.options = DataOptions(topology=TopologyOptions(min_free=1), writable_wait=5.0)
+            first = await call(
+                client, "POST", "/v1/volumes/heartbeat", heartbeat_body(0, 8001), headers=VOLUME
+            )
+            volume_id = msgspec.convert(first.body, HeartbeatResponse).volume_id
+            pending = asyncio.create_task(call(client, "POST", "/v1/fs/allocate", {"path": "/f"}))
+            deadline = asyncio.get_running_loop().time() + 2
+            while not data._writable._waiters:  # the allocation is waiting (private, for a test)
+                assert not pending.done(), (await pending).body
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            full = heartbeat_body(volume_id, 8001, full_report=True)
+            await call(client, "POST", "/v1/volumes/heartbeat", full, headers=VOLUME)
+            answer = await asyncio.wait_for(pending, 2)
+            assert answer.status == 200, answer.body
+            (grant,) = msgspec.convert(answer.body, AllocateResponse).chunks
+            assert [t.volume_id for t in grant.targets] == [volume_id]
 
     run(test)

@@ -355,6 +355,32 @@ def test_run_beats_every_pulse_and_survives_failures(tmp_path: Path) -> None:
     run(test)
 
 
+def test_a_new_leaders_request_for_the_full_list_is_answered_at_once(tmp_path: Path) -> None:
+    """After a graceful leadership change the heartbeats never failed, so the next one is
+    a delta; the new leader asks for the full list, and the server must not wait a pulse
+    (a minute here) to send it: it takes no new chunks until then."""
+
+    async def test() -> None:
+        link = FakeLink()
+        link.answers = [
+            link.ack(pulse_ms=60_000),
+            link.ack(pulse_ms=60_000, need_full_report=True, leader_term=2),
+        ]
+        with heartbeat_loop(tmp_path, link) as heart:
+            assert await heart.beat()  # the first heartbeat: full
+            task = asyncio.create_task(heart.run())
+            try:
+                deadline = asyncio.get_running_loop().time() + 5
+                while len(link.beats) < 3:
+                    assert asyncio.get_running_loop().time() < deadline, link.beats
+                    await asyncio.sleep(0.01)
+            finally:
+                task.cancel()
+            assert [b.full_report for b in link.beats] == [True, False, True]
+
+    run(test)
+
+
 # ------------------------------------------------------------- a leader change
 
 

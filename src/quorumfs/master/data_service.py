@@ -96,6 +96,9 @@ class DataOptions:
     """The longest time between two repair scans (a change triggers one sooner)."""
     scan_min_gap: float = 0.5
     """The shortest time between two repair scans."""
+    writable_wait: float = 1.5
+    """Seconds an allocation waits for a volume server to become writable (after a
+    leader change) before answering 503."""
     topology: TopologyOptions = field(default_factory=TopologyOptions)
 
 
@@ -123,6 +126,8 @@ class DataService:
         self._next_id = self._end_id = 0
         self._ids_term: int | None = None
         self._ids_lock = asyncio.Lock()
+        self._writable = asyncio.Condition()
+        """Notified when a volume server may have become writable (a full report)."""
         self._register_lock = asyncio.Lock()
         self._repair_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -155,6 +160,14 @@ class DataService:
             logger.info("leading term %d: rebuilding the volume picture from heartbeats", term)
         return self._topology
 
+    def current_topology(self) -> Topology | None:
+        """This leadership's topology if it exists, else None; unlike ``topology()`` it
+        starts nothing (for metrics: reading it changes no state)."""
+        term = self._leader_term()
+        if term is None or self._term != term:
+            return None
+        return self._topology
+
     def on_applied(self, command: Command, result: Result[Any]) -> None:
         """The state machine's apply listener: released and committed chunks, leader only."""
         if self._topology is None or self._leader_term() != self._term or result.value is None:
@@ -182,6 +195,9 @@ class DataService:
         )
         if topology.dirty:
             self._wake.set()
+        if beat.full_report:  # this server may have become writable
+            async with self._writable:
+                self._writable.notify_all()
         if plan.commits:
             task = asyncio.create_task(self._commit_replicas(plan))
             self._background.add(task)
@@ -224,6 +240,8 @@ class DataService:
         existing = namespace.stat(request.path)
         if existing.value is not None and existing.value.replication:
             replication = existing.value.replication
+        if topology.writable_count(time.monotonic()) == 0:
+            await self._wait_for_writable(topology)
         now = time.monotonic()
         placements = topology.place(request.count, replication, now, self._random)
         if not placements or not placements[0]:
@@ -248,6 +266,16 @@ class DataService:
             ]
             grants.append(ChunkGrant(chunk_id=chunk_id, targets=targets))
         return AllocateResponse(chunks=grants, replication=replication, expires_unix_ms=expires)
+
+    async def _wait_for_writable(self, topology: Topology) -> None:
+        """Hold an allocation briefly while no server is writable: right after a leader
+        change the servers become writable with their next heartbeat, and an answer of
+        "retry after 1 s" (Retry-After is whole seconds) would cost the client more."""
+        try:
+            async with self._writable, asyncio.timeout(self.options.writable_wait):
+                await self._writable.wait_for(lambda: topology.writable_count(time.monotonic()) > 0)
+        except TimeoutError:
+            pass
 
     async def _take_chunk_ids(self, count: int) -> list[int]:
         async with self._ids_lock:

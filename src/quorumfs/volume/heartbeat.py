@@ -348,6 +348,12 @@ class TaskRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         """For copies; opened at the first one."""
+        self.copies_done = 0
+        """Chunks copied here from another server (for metrics, like the two below)."""
+        self.copies_failed = 0
+        """Copies that failed on every source."""
+        self.chunks_deleted = 0
+        """Chunks deleted as the leader asked."""
 
     def submit(self, deletes: Sequence[int], copies: Sequence[ReplicateTask]) -> None:
         fresh = [c for c in dict.fromkeys(deletes) if c not in self._busy]
@@ -391,6 +397,8 @@ class TaskRunner:
             await asyncio.to_thread(self._delete_all, chunk_ids)
         except StoreError as exc:
             logger.error("could not delete chunks %s: %s", chunk_ids, exc)
+        else:
+            self.chunks_deleted += len(chunk_ids)
 
     def _delete_all(self, chunk_ids: list[int]) -> None:
         """Delete every chunk with one fsync; a chunk not held counts as removed too."""
@@ -426,6 +434,7 @@ class TaskRunner:
                     break
                 else:
                     logger.info("copied chunk %d from %s", task.chunk_id, source)
+                    self.copies_done += 1
                     return
         logger.warning(
             "could not copy chunk %d (%s): %s",
@@ -433,6 +442,7 @@ class TaskRunner:
             "no source given" if not task.sources else "every source failed",
             "; ".join(reasons),
         )
+        self.copies_failed += 1
         self._changes.failed(task.chunk_id)
 
     def _holds(self, task: ReplicateTask) -> bool:
@@ -557,6 +567,10 @@ class HeartbeatLoop:
         """``time.monotonic()`` of the last acknowledged heartbeat."""
         self._failures = 0
         """Heartbeats failed in a row."""
+        self.acknowledged_total = 0
+        """Heartbeats the leader acknowledged, ever (for metrics)."""
+        self.failed_total = 0
+        """Heartbeats that failed, ever (for metrics)."""
 
     @property
     def volume_id(self) -> int:
@@ -567,15 +581,25 @@ class HeartbeatLoop:
     def full_report_due(self) -> bool:
         return self._full_needed
 
+    def since_acknowledged(self) -> float | None:
+        """Seconds since the last acknowledged heartbeat; None before the first."""
+        return None if self._last_ack is None else time.monotonic() - self._last_ack
+
     async def run(self) -> None:
         """Beat every pulse until cancelled."""
         while True:
             started = time.monotonic()
+            was_full = self._full_needed
             try:
-                await self.beat()
+                acknowledged = await self.beat()
             except Exception:  # a bug: keep beating, the next heartbeat is a full report
                 logger.exception("heartbeat failed unexpectedly")
                 self._full_needed = True
+                acknowledged = False
+            if acknowledged and self._full_needed and not was_full:
+                # A new leader asked for the full list: until it has it, this server takes
+                # no new chunks there, so send it now rather than a pulse later.
+                continue
             await asyncio.sleep(max(0.0, started + self.pulse - time.monotonic()))
 
     async def beat(self) -> bool:
@@ -650,6 +674,7 @@ class HeartbeatLoop:
         if self._failures:
             logger.info("heartbeats reach the leader again (%d failed in a row)", self._failures)
         self._failures = 0
+        self.acknowledged_total += 1
         self._last_ack = time.monotonic()
         leader = (self._link.leader, answer.leader_term)
         if leader != self._leader:
@@ -664,6 +689,7 @@ class HeartbeatLoop:
         """A heartbeat that did not get through: warn once per outage, not every pulse."""
         self._full_needed = True
         self._failures += 1
+        self.failed_total += 1
         if self._failures == 1:
             logger.warning(
                 "heartbeat failed: %s; retrying every %g s (with a full report)", reason, self.pulse
