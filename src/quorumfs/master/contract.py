@@ -69,6 +69,9 @@ class ClusterStatus(msgspec.Struct, frozen=True, kw_only=True):
     commit_index: int
     applied_index: int
     members: list[MemberInfo]
+    lease_remaining_ms: int | None = None
+    """Known on the leader only: how long its leader lease still holds (0: lapsed or
+    revoked, reads go through ReadIndex); None on any other master."""
     warnings: list[str] = []
     """Things an operator should act on, e.g. an even number of voters."""
 
