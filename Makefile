@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: cluster test check pytest system-deps sim-long soak bench bench-core bench-master bench-namespace bench-data lock clean
+.PHONY: cluster test check pytest system-deps sim-long soak bench bench-core bench-master bench-namespace bench-data bench-failover lock clean
 
 # The product: a local cluster with embedded defaults.
 cluster: system-deps $(STAMP)
@@ -24,7 +24,8 @@ check: system-deps $(STAMP)
 pytest: system-deps $(STAMP)
 	$(BIN)/pytest -n 2 -m "not soak"
 
-# Debian packages: python3-venv for .venv, and a DNS server for the discovery test.
+# Debian packages: python3-venv for .venv, a DNS server for the discovery test, and
+# Chromium with its driver for the console test.
 system-deps:
 	@bash .ci/system-deps
 
@@ -35,7 +36,7 @@ sim-long: $(STAMP)
 # Every long randomized run.
 soak: sim-long
 
-bench: bench-core bench-master bench-namespace bench-data
+bench: bench-core bench-master bench-namespace bench-data bench-failover
 
 bench-core: $(STAMP)
 	$(BIN)/python bench/raft_core.py
@@ -49,6 +50,9 @@ bench-namespace: $(STAMP)
 
 bench-data: $(STAMP)
 	$(BIN)/python bench/data_path.py --dir .
+
+bench-failover: $(STAMP)
+	$(BIN)/python bench/failover.py --dir .
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -99,6 +99,8 @@ class FakeMaster:
         """Applied, in order, to the next POSTs this master receives."""
         self.unavailable = 0
         """The next this many execute / read_barrier calls raise ServiceUnavailableError."""
+        self.retry_after = 1.0
+        """The Retry-After of the 503s that ``unavailable`` answers, seconds."""
         self.forward_always = False
         """Ignore X-Quorumfs-Redirect: forward writes to the leader (an older master)."""
         self.believes: int | Literal["cluster"] | None = "cluster"
@@ -167,7 +169,7 @@ class FakeMaster:
     def _gate(self) -> None:
         if self.unavailable > 0:
             self.unavailable -= 1
-            raise ServiceUnavailableError("no quorum right now", retry_after=1.0)
+            raise ServiceUnavailableError("no quorum right now", retry_after=self.retry_after)
 
     def posts(self) -> list[str]:
         return [s.path for s in self.seen if s.method == "POST"]
@@ -478,6 +480,25 @@ def test_a_503_is_retried_after_retry_after() -> None:
                 waited = time.monotonic() - started
             assert stat.kind is Kind.DIRECTORY
             assert waited >= 0.95  # the master said Retry-After: 1
+            assert cluster[1].seen.count(Seen("GET", "/v1/fs/stat")) == 2
+
+    run(test)
+
+
+def test_a_sub_second_retry_hint_is_followed() -> None:
+    """``Retry-After`` has whole seconds; the master's millisecond hint lets a client come
+    back as soon as an election is likely over."""
+
+    async def test() -> None:
+        async with running(FakeCluster(size=1)) as cluster:
+            async with AsyncMasterClient(cluster.addresses(), policy=FAST) as client:
+                await client.mkdir("/a", parents=True)
+                cluster[1].unavailable = 1
+                cluster[1].retry_after = 0.2
+                started = time.monotonic()
+                await client.stat("/a")
+                waited = time.monotonic() - started
+            assert 0.19 <= waited < 0.9  # not the 1 s of Retry-After
             assert cluster[1].seen.count(Seen("GET", "/v1/fs/stat")) == 2
 
     run(test)

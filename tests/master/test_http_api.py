@@ -486,10 +486,12 @@ def test_no_leader_is_a_503_with_retry_after() -> None:
             ):
                 assert_error(answer, 503, "EAGAIN", mentions="lost the quorum")
                 assert answer.headers["Retry-After"] == "3"
+                assert answer.headers["X-Quorumfs-Retry-After-Ms"] == "2200"
 
             service.unavailable = ServiceUnavailableError("electing", retry_after=0.0)
             answer = await call(client, "GET", "/v1/fs/totals")
             assert answer.headers["Retry-After"] == "1"
+            assert answer.headers["X-Quorumfs-Retry-After-Ms"] == "1"
 
     run(test)
 

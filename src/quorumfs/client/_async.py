@@ -108,6 +108,7 @@ from quorumfs import __version__
 from quorumfs.master.contract import ClusterStatus
 from quorumfs.master.http_api import (
     REDIRECT_HEADER,
+    RETRY_AFTER_MS_HEADER,
     SERVED_BY_HEADER,
     ApiErrorCode,
     DeleteResponse,
@@ -811,7 +812,7 @@ class AsyncMasterClient:
                     address,
                     response.headers.get("Location"),
                     response.headers.get(SERVED_BY_HEADER),
-                    response.headers.get("Retry-After"),
+                    _retry_after_text(response.headers),
                 )
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # Nothing was sent: no connection could be made (or none became free in time).
@@ -1065,13 +1066,22 @@ def _unavailable_answer(answer: _Answer, call: _Call) -> _AttemptError:
     )
 
 
+def _retry_after_text(headers: Mapping[str, str]) -> str | None:
+    """The master's sub-second hint (in seconds) when it gave one, else ``Retry-After``."""
+    milliseconds = headers.get(RETRY_AFTER_MS_HEADER, "").strip()
+    if milliseconds.isdigit():
+        return str(int(milliseconds) / 1000)
+    return headers.get("Retry-After")
+
+
 def _retry_after(value: str | None) -> float | None:
     """``Retry-After`` in seconds (delta-seconds or an HTTP date), or None."""
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    with contextlib.suppress(ValueError):
+        seconds = float(value)  # delta-seconds (or milliseconds, converted above)
+        return seconds if seconds >= 0 and math.isfinite(seconds) else None
     with contextlib.suppress(TypeError, ValueError, IndexError):
         when = email.utils.parsedate_to_datetime(value)
         return max(0.0, when.timestamp() - time.time())

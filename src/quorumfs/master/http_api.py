@@ -46,6 +46,7 @@ from typing import Annotated, Any, Final, TypeVar
 import aiohttp
 import msgspec
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from yarl import URL
 
 from .commands import (
@@ -59,6 +60,7 @@ from .commands import (
     Rename,
     SetAttr,
 )
+from .console import add_console_routes
 from .contract import (
     MasterService,
     MemberInfo,
@@ -84,6 +86,7 @@ from .results import (
 __all__ = [
     "FORWARDED_HEADER",
     "REDIRECT_HEADER",
+    "RETRY_AFTER_MS_HEADER",
     "SERVED_BY_HEADER",
     "AddMemberRequest",
     "ApiErrorCode",
@@ -105,6 +108,7 @@ __all__ = [
     "TransferLeaderResponse",
     "build_app",
     "load_openapi_document",
+    "metrics_handler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,6 +118,9 @@ FORWARDED_HEADER: Final = "X-Quorumfs-Forwarded"
 REDIRECT_HEADER: Final = "X-Quorumfs-Redirect"
 """``1`` asks a follower for a ``307`` to the leader instead of forwarding."""
 SERVED_BY_HEADER: Final = "X-Quorumfs-Served-By"
+RETRY_AFTER_MS_HEADER: Final = "X-Quorumfs-Retry-After-Ms"
+"""On a 503: when to retry, in milliseconds (``Retry-After`` has whole seconds only, and an
+election is over well within one)."""
 """On a forwarded answer: the HTTP address of the leader that served it."""
 
 OPENAPI_RESOURCE: Final = "openapi.json"
@@ -292,7 +299,11 @@ class ApiError(Exception):
 
     @classmethod
     def unavailable(cls, code: ApiErrorCode, message: str, retry_after: float = 1.0) -> ApiError:
-        return cls(503, code, message, headers={"Retry-After": _retry_after(retry_after)})
+        headers = {
+            "Retry-After": _retry_after(retry_after),
+            RETRY_AFTER_MS_HEADER: str(max(1, round(retry_after * 1000))),
+        }
+        return cls(503, code, message, headers=headers)
 
     def response(self) -> web.Response:
         return json_response(self.body, status=self.status, headers=self.headers)
@@ -506,7 +517,13 @@ class Handlers:
             ) as answer:
                 answer_body = await answer.read()
                 relayed = {SERVED_BY_HEADER: leader}
-                for name in ("Content-Type", "Retry-After", "Allow", "WWW-Authenticate"):
+                for name in (
+                    "Content-Type",
+                    "Retry-After",
+                    RETRY_AFTER_MS_HEADER,
+                    "Allow",
+                    "WWW-Authenticate",
+                ):
                     if name in answer.headers:
                         relayed[name] = answer.headers[name]
                 return web.Response(status=answer.status, body=answer_body, headers=relayed)
@@ -716,10 +733,12 @@ def build_app(
     *,
     request_timeout: float = 5.0,
     more_routes: Callable[[web.Application, Handlers], None] | None = None,
+    metrics: CollectorRegistry | None = None,
 ) -> web.Application:
     """The aiohttp application serving ``service``; every request ends within
     ``request_timeout`` seconds. ``more_routes`` adds routes that share the
-    handlers' leader routing and error mapping (the data path's, ``data_api``)."""
+    handlers' leader routing and error mapping (the data path's, ``data_api``).
+    ``GET /metrics`` serves ``metrics`` (``master.metrics``; empty when None)."""
     if not request_timeout > 0:
         raise ValueError(f"request_timeout must be positive, not {request_timeout}")
     api = Handlers(service, request_timeout)
@@ -743,7 +762,21 @@ def build_app(
     app.router.add_post("/cluster/step-down", api.step_down)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/openapi.json", api.openapi_document)
+    add_console_routes(app, service)  # the web console: GET /, /console/*, /cluster/overview
+    app.router.add_get("/metrics", metrics_handler(metrics or CollectorRegistry()))
     return app
+
+
+def metrics_handler(
+    registry: CollectorRegistry,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET /metrics``: ``registry`` in Prometheus' text format (no auth, like the status)."""
+
+    async def handler(_request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handler
 
 
 # ------------------------------------------------------------------- helpers

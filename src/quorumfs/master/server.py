@@ -58,6 +58,7 @@ from .contract import RAFT_PORT_OFFSET
 from .data_api import add_data_routes
 from .data_service import DataOptions, DataService
 from .http_api import build_app
+from .metrics import MasterMetrics
 from .service import RaftMasterService
 from .state_machine import MasterStateMachine, MemberAddresses
 
@@ -302,6 +303,7 @@ async def run_master(
     state = MasterStateMachine()
     stop = stop or asyncio.Event()
     node_holder: list[RaftNode] = []  # the node is built after its transport: late binding
+    metrics = MasterMetrics()
 
     transport = RaftTransport(
         identity.node_id,
@@ -340,6 +342,7 @@ async def run_master(
             snapshot_every=options.snapshot_every,
             lease_log=directory.lease_log,
         ),
+        metrics=metrics.node,
     )
     node_holder.append(node)
     service = RaftMasterService(node, state, admin_token=admin_token_for(secret))
@@ -351,7 +354,8 @@ async def run_master(
         options=options.data,
     )
     state.on_applied(data.on_applied)
-    app = build_app(service, more_routes=add_data_routes(data))
+    metrics.watch_data(data)
+    app = build_app(service, more_routes=add_data_routes(data), metrics=metrics.registry)
     runner = web.AppRunner(app, access_log=None)
     try:
         await node.start()

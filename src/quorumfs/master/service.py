@@ -39,6 +39,9 @@ __all__ = ["RaftMasterService", "step_down_target"]
 
 logger = logging.getLogger("quorumfs.master")
 
+RETRY_SOON = 0.2
+"""Seconds a client is asked to wait after "no leader or quorum right now"."""
+
 _ROLE_NAMES = {
     Role.LEADER: MemberRole.LEADER,
     Role.FOLLOWER: MemberRole.FOLLOWER,
@@ -115,7 +118,9 @@ class RaftMasterService:
             raise OutcomeUnknownError(str(error)) from error
         except (UnavailableError, TimeoutError) as error:
             reason = str(error) or "no quorum in time"
-            raise ServiceUnavailableError(reason) from error
+            # An election or a transfer is over within about an election timeout: ask to
+            # retry soon (the client backs off further when it keeps failing).
+            raise ServiceUnavailableError(reason, retry_after=RETRY_SOON) from error
 
     # -- status ----------------------------------------------------------------------------
 
@@ -163,6 +168,11 @@ class RaftMasterService:
             commit_index=status.commit,
             applied_index=status.applied,
             members=members,
+            lease_remaining_ms=(
+                round(status.lease_remaining_ticks * self.node.options.tick_interval * 1000)
+                if status.role is Role.LEADER
+                else None
+            ),
             warnings=warnings,
         )
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from quorumfs.raft import (
     NONE,
@@ -54,6 +54,9 @@ from quorumfs.raft import (
 
 from .lease_log import LeaseLog
 from .wal import DiskStorage
+
+if TYPE_CHECKING:
+    from .metrics import NodeMetrics
 
 __all__ = [
     "NodeOptions",
@@ -131,6 +134,7 @@ class RaftNode:
         *,
         options: NodeOptions = NodeOptions(),
         rng: random.Random | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.id = config.id
         self.storage = storage
@@ -154,6 +158,9 @@ class RaftNode:
         self._lease_log: LeaseLog | None = None
         stored, _ = storage.initial_state()
         self._saved_term_vote = (stored.term, stored.vote)
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.bind(self)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -215,6 +222,18 @@ class RaftNode:
 
     async def propose(self, command: bytes, timeout: float) -> object:
         """Replicate ``command`` and return what the state machine answered for it."""
+        if self._metrics is None:
+            return await self._propose(command, timeout)
+        started = time.perf_counter()
+        try:
+            result = await self._propose(command, timeout)
+        except BaseException as error:
+            self._metrics.proposal_failed(error)
+            raise
+        self._metrics.proposal_committed(time.perf_counter() - started)
+        return result
+
+    async def _propose(self, command: bytes, timeout: float) -> object:
         self._require_leader()
         request_id = os.urandom(_REQUEST_ID_BYTES)
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -341,6 +360,14 @@ class RaftNode:
         """The current term while this node leads (live core state), else None."""
         raft = self.raw.raft
         return raft.term if raft.role is Role.LEADER else None
+
+    def lease_remaining(self) -> float:
+        """Seconds the leader lease still holds on the monotonic clock; 0.0 without one."""
+        until = self.raw.raft.lease_valid_until()  # a tick: tick k is due at origin + k * interval
+        if until is None:
+            return 0.0
+        ends = self._clock_origin + until * self.options.tick_interval
+        return max(0.0, ends - time.monotonic())
 
     # -- the clock ---------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ from .errors import (
     StoreFullError,
 )
 from .heartbeat import HeartbeatLoop, StreamSource, TransferError, run_on_loop
+from .metrics import VolumeMetrics
 from .store import SMALL_CHUNK, ChunkInfo, ChunkReader, ChunkStore
 
 __all__ = ["SMALL_BODY", "build_app", "writes_finished"]
@@ -84,10 +85,16 @@ class _Api:
     """The handlers of one volume server."""
 
     def __init__(
-        self, store: ChunkStore, heart: HeartbeatLoop, key: WriteTokenKey, body_timeout: float
+        self,
+        store: ChunkStore,
+        heart: HeartbeatLoop,
+        key: WriteTokenKey,
+        body_timeout: float,
+        metrics: VolumeMetrics,
     ) -> None:
         self.store = store
         self.heart = heart
+        self.metrics = metrics
         self.key = key
         self.body_timeout = body_timeout
         self.writing = 0
@@ -132,6 +139,7 @@ class _Api:
     # ------------------------------------------------------------------ writes
 
     async def put_chunk(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
         chunk_id, path = _chunk_id(request)
         volume_id = self.heart.volume_id
         if volume_id == 0:
@@ -180,6 +188,7 @@ class _Api:
                 info = await asyncio.to_thread(self._write, chunk_id, body, size, expected)
         except TransferError as exc:
             raise ApiError.invalid(f"{exc}; nothing was stored", path) from None
+        self.metrics.chunk_written(info.size, time.perf_counter() - started)
         return json_response(
             ChunkWritten(chunk_id=chunk_id, size=info.size, checksum=info.crc), status=201
         )
@@ -211,6 +220,7 @@ class _Api:
     # ------------------------------------------------------------------- reads
 
     async def get_chunk(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         chunk_id, path = _chunk_id(request)
         asked = request.headers.get("Range")
         loop = asyncio.get_running_loop()
@@ -240,6 +250,7 @@ class _Api:
                 run_on_loop(loop, response.write(first), self.body_timeout)
                 for piece in pieces:
                     run_on_loop(loop, response.write(piece), self.body_timeout)
+            self.metrics.chunk_read(reader.length, time.perf_counter() - started)
             return None
 
         try:
@@ -255,6 +266,7 @@ class _Api:
             if asked is not None:
                 answer.set_status(206)
                 answer.headers["Content-Range"] = _content_range(reader)
+            self.metrics.chunk_read(len(data), time.perf_counter() - started)
             return answer
         await response.write_eof()
         return response
@@ -286,12 +298,19 @@ _API: Final = web.AppKey("quorumfs.volume.http_api", _Api)
 
 
 def build_app(
-    store: ChunkStore, heart: HeartbeatLoop, *, secret: bytes, body_timeout: float = 30.0
+    store: ChunkStore,
+    heart: HeartbeatLoop,
+    *,
+    secret: bytes,
+    body_timeout: float = 30.0,
+    metrics: VolumeMetrics | None = None,
 ) -> web.Application:
     """The aiohttp application of one volume server. ``secret`` is the cluster secret
     (write tokens are checked with the key derived from it); a body that stalls for
-    ``body_timeout`` seconds, either way, ends its request."""
-    api = _Api(store, heart, WriteTokenKey(secret), body_timeout)
+    ``body_timeout`` seconds, either way, ends its request. ``GET /metrics`` serves
+    ``metrics`` (a fresh ``VolumeMetrics`` of its own when None)."""
+    metrics = metrics or VolumeMetrics(store, heart)
+    api = _Api(store, heart, WriteTokenKey(secret), body_timeout, metrics)
     app = web.Application(middlewares=[api.errors])
     app[_API] = api
     app.router.add_put("/chunks/{chunk_id}", api.put_chunk)
@@ -299,6 +318,7 @@ def build_app(
     app.router.add_head("/chunks/{chunk_id}", api.head_chunk)
     app.router.add_get("/status", api.status)
     app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/metrics", metrics.handle)
     return app
 
 
@@ -438,7 +458,7 @@ def _http_exception(request: web.Request, exc: web.HTTPException) -> ApiError:
     if exc.status == 404:
         message = (
             f"no endpoint {request.method} {request.path}; a volume server serves "
-            "/chunks/{id} (PUT, GET, HEAD), /status and /healthz"
+            "/chunks/{id} (PUT, GET, HEAD), /status, /healthz and /metrics"
         )
     elif exc.status == 405:
         allowed = exc.headers.get("Allow", "")

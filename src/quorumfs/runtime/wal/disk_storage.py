@@ -56,6 +56,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -150,6 +151,8 @@ class DiskStorage:
         self._broken: BaseException | None = None
         """Set when a write failed half-way: memory and disk may disagree, so stop."""
         self._closed = False
+        self.sync_observer: Callable[[float], None] | None = None
+        """Called with the seconds each ``sync`` that flushed something took (metrics)."""
 
     # -- opening and recovery -----------------------------------------------
 
@@ -294,6 +297,8 @@ class DiskStorage:
         the hard state file's three fsyncs per group commit.
         """
         self._check_usable()
+        started = time.perf_counter()
+        flushed = self._tail_dirty or self._wal_dir_dirty
         with self._poison_on_failure():
             if self._tail_dirty:
                 self._durability.fsync(self._tail_fd)
@@ -309,6 +314,9 @@ class DiskStorage:
             ):
                 write_hard_state(self._dir, hard_state, self._durability)
                 self._durable_hard_state = hard_state
+                flushed = True
+        if flushed and self.sync_observer is not None:
+            self.sync_observer(time.perf_counter() - started)
 
     def create_snapshot(self, index: int, conf_state: ConfState, data: bytes) -> Snapshot:
         """Record the state machine's image at applied ``index``; durable on return.
