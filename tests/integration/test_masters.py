@@ -40,6 +40,13 @@ def test_three_masters_elect_one_leader_and_report_it_everywhere(cluster: Cluste
         next(member["role"] for member in s["members"] if member["id"] == s["id"]) for s in statuses
     )
     assert roles == ["FOLLOWER", "FOLLOWER", "LEADER"]
+    # The leader hears from each follower every heartbeat round; followers don't know.
+    contacts = {m["id"]: m["last_contact_ms"] for m in leader.status()["members"]}
+    own = leader.status()["id"]
+    assert contacts[own] is None
+    assert all(0 <= ms < 5000 for i, ms in contacts.items() if i != own), contacts
+    follower = next(m for m in cluster.masters if m is not leader)
+    assert all(m["last_contact_ms"] is None for m in follower.status()["members"])
     result = subprocess.run(
         [
             sys.executable,

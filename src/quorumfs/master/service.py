@@ -148,6 +148,9 @@ class RaftMasterService:
                     role=role,
                     voter=member.id in conf.voters,
                     match_index=peer.match if peer is not None else None,
+                    last_contact_ms=self._last_contact_ms(
+                        member.id, leading=status.role is Role.LEADER
+                    ),
                 )
             )
         warnings = []
@@ -175,6 +178,13 @@ class RaftMasterService:
             ),
             warnings=warnings,
         )
+
+    def _last_contact_ms(self, member_id: int, *, leading: bool) -> int | None:
+        """On the leader: milliseconds since ``member_id`` was last heard from."""
+        if not leading or member_id == self.node_id:
+            return None
+        seconds = self.node.last_contact(member_id)
+        return None if seconds is None else round(seconds * 1000)
 
     # -- administration --------------------------------------------------------------------
 

@@ -144,6 +144,8 @@ class RaftNode:
         state_machine.restore(storage.snapshot().data)
         self.raw = RawNode(config, storage, rng or random.Random())
         self._wake = asyncio.Event()
+        self._heard_from: dict[int, float] = {}
+        """Peer id -> monotonic time its last message arrived."""
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         self._clock_origin = time.monotonic()
@@ -213,9 +215,15 @@ class RaftNode:
 
     def receive(self, message: Message) -> None:
         """A message from a peer (the transport's callback)."""
+        self._heard_from[message.frm] = time.monotonic()
         with contextlib.suppress(DroppedError):  # e.g. a forwarded proposal, no leader
             self.raw.step(message)
         self._wake.set()
+
+    def last_contact(self, peer: int) -> float | None:
+        """Seconds since a message from ``peer`` arrived (None: none since this start)."""
+        heard = self._heard_from.get(peer)
+        return None if heard is None else time.monotonic() - heard
 
     def report_unreachable(self, peer: int) -> None:
         self.raw.report_unreachable(peer)
