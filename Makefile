@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: cluster test check pytest system-deps sim-long soak bench bench-core bench-master bench-namespace bench-data bench-failover lock clean
+.PHONY: cluster test check pytest system-deps sim-long nemesis-long soak bench bench-core bench-master bench-namespace bench-data bench-failover lock clean
 
 # The product: a local cluster with embedded defaults.
 cluster: system-deps $(STAMP)
@@ -32,6 +32,11 @@ system-deps:
 # 20,000 simulator seeds (the test suite runs 500); prints faults and operations checked.
 sim-long: $(STAMP)
 	$(BIN)/python tests/simulation/run_seeds.py --first 100000 --count 20000 --jobs 2
+
+# The nemesis suite over real processes, 30 rounds (NEMESIS_ROUNDS, NEMESIS_SEED to
+# change); the report is written to artifacts/nemesis/ and printed.
+nemesis-long: $(STAMP)
+	NEMESIS_ROUNDS=$${NEMESIS_ROUNDS:-30} $(BIN)/pytest -m soak tests/nemesis -s
 
 # Every long randomized run.
 soak: sim-long

@@ -34,6 +34,7 @@ from quorumfs.client import (
     TransferPolicy,
     WriteFailed,
 )
+from quorumfs.master.commands import CommitContent
 from quorumfs.wire import CommitRequest
 
 KIB = 1024
@@ -631,6 +632,32 @@ def test_a_lost_commit_answer_is_settled_by_reading_the_file(drop: str) -> None:
         assert stat.size == 6
         # Applied: settled by the read, never sent again. Not applied: redone once.
         assert len(cluster.leader.commits) == (2 if drop == "after" else 3)
+
+    with_cluster(test)
+
+
+def test_a_put_whose_commit_was_applied_then_replaced_is_not_applied_again() -> None:
+    """The commit of a put is retried after a lost answer. If the first attempt was
+    applied and another write replaced the file meanwhile, the retry names released
+    chunks: the master refuses it (ESTALE) and the put counts as done, instead of the
+    file pointing at chunks the volume servers deleted (found by the nemesis)."""
+
+    async def test(cluster: DataCluster, client: AsyncMasterClient) -> None:
+        commits = 0
+
+        async def another_writer_in_between(body: CommitRequest) -> None:
+            nonlocal commits
+            commits += 1
+            if commits == 2:  # the retry of the first commit, whose answer was lost
+                replaced = CommitContent(path="/f", chunks=(), size=0, mtime=1, create=True)
+                cluster.leader.namespace.apply(replaced).unwrap()
+
+        cluster.leader.drop_commits = ["after"]
+        cluster.leader.before_commit = another_writer_in_between
+        stat = await client.put("/f", b"first")
+        assert commits == 2
+        assert stat.size == 0  # the file as it is now: the other writer's
+        assert await client.read("/f") == b""
 
     with_cluster(test)
 

@@ -310,7 +310,16 @@ class DataPath:
         request = CommitRequest(
             path=path, chunks=chunks, size=size, create=True, replication=replication
         )
-        return (await self._masters.commit(request)).stat
+        try:
+            return (await self._masters.commit(request)).stat
+        except FileChanged as stale:
+            if not stale.retried_after_unknown:
+                raise
+            # A retry after a lost answer names chunks released since: the first attempt
+            # was applied and another write has replaced it. The put took effect then;
+            # re-committing them would point the file at deleted chunks.
+            logger.debug("%s: the commit was applied before its answer was lost", path)
+            return await self._masters.stat(path)
 
     def iter_read(
         self, path: str, offset: int = 0, length: int | None = None

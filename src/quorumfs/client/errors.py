@@ -271,7 +271,10 @@ class WriteFailed(QuorumfsError):
 
 class FileChanged(QuorumfsError):
     """The file was replaced while it was being read (``ESTALE``): the chunks of the version
-    being read are gone. Nothing of the newer version was mixed in; read it again."""
+    being read are gone. Nothing of the newer version was mixed in; read it again.
+
+    Also a master's answer to a commit naming chunks released since they were committed
+    (a put's repeated commit whose first attempt was applied, then replaced)."""
 
     default_code = "ESTALE"
 
@@ -307,6 +310,7 @@ _CLASS_BY_CODE: Final[Mapping[str, type[QuorumfsError]]] = MappingProxyType(
             InvalidArgument,
             NameTooLong,
             Conflict,
+            FileChanged,
             PermissionDenied,
         )
     }

@@ -32,7 +32,10 @@ Semantics worth knowing:
   the API layer, which knows who is asking.
 - Chunks that a Delete, a Rename over a file or a CommitContent drops come back
   as ``released_chunks``, for the volume servers to reclaim. Their ids must not
-  be committed again: the namespace forgets them, so it cannot refuse that.
+  be committed again. The namespace remembers the newest ``RELEASED_MEMORY`` of
+  them and refuses a commit naming one (ESTALE): that is how a put's commit,
+  repeated by a client whose first answer was lost, cannot bring back chunks
+  that another write replaced and the volume servers deleted since.
 
 Memory (target: at most 1 KiB of master RSS per file at 10**6 files): one
 compact struct per inode, untracked by the garbage collector (no cycle is
@@ -109,13 +112,16 @@ MAX_CHUNK_IDS_PER_ALLOCATION: Final = 4096
 """At 64 MiB per chunk, 256 GiB of content per ``AllocateChunkIds`` entry."""
 MAX_OWNER_BYTES: Final = 255
 MAX_ADDRESS_BYTES: Final = 300
+RELEASED_MEMORY: Final = 100_000
+"""Released chunk ids remembered (the newest): far more than are released during a
+client's retry deadline (15 s) at the masters' commit rate."""
 MAX_MODE: Final = 0o7777
 """Modes are permission bits only (setuid, setgid, sticky, rwx); the kind is the inode's."""
 _MIN_INT64: Final = -(2**63)
 _MAX_INT64: Final = 2**63 - 1
 _MAX_CRC32: Final = 2**32 - 1
 
-SNAPSHOT_FORMAT: Final = 2
+SNAPSHOT_FORMAT: Final = 3
 """Written first in every snapshot; bump it when the image's shape changes."""
 
 ResultValue = (
@@ -176,6 +182,8 @@ class _Image(msgspec.Struct, array_like=True):
     """Ascending."""
     inodes: list[_Inode]
     """``inodes[i]`` is inode ``inode_ids[i]``."""
+    released: list[ChunkId]
+    """The remembered released chunk ids, oldest first."""
 
 
 _image_encoder = msgspec.msgpack.Encoder(order="deterministic")
@@ -204,6 +212,7 @@ class Namespace:
         "_next_inode_id",
         "_next_volume_id",
         "_owners",
+        "_released",
         "_volumes",
     )
 
@@ -218,6 +227,9 @@ class Namespace:
         """Invariant: greater than every chunk id ever handed out."""
         self._next_volume_id = 1
         """Invariant: greater than every volume id ever handed out."""
+        self._released: dict[ChunkId, None] = {}
+        """The newest ``RELEASED_MEMORY`` released chunk ids, oldest first (a dict as an
+        ordered set). Invariant: none is in the chunk index."""
         self._volumes: dict[int, str] = {}
         """Volume id -> host:port of the volume server. Invariant: exactly the ids
         1 .. next_volume_id - 1 (a volume server, once registered, stays known)."""
@@ -376,6 +388,7 @@ class Namespace:
 
         del parent.children[name]
         files, directories, released = self._drop_subtree(inode_id)
+        self._remember_released(released)
         return Deleted(files=files, directories=directories, released_chunks=released)
 
     def _apply_rename(self, command: Rename) -> Renamed:
@@ -423,6 +436,7 @@ class Namespace:
         if replaced_id is not None:
             _, _, released = self._drop_subtree(replaced_id)
         dst_parent.children[dst_name] = src_id
+        self._remember_released(released)
         return Renamed(replaced=replaced_id is not None, released_chunks=released)
 
     def _apply_setattr(self, command: SetAttr) -> Stat:
@@ -509,6 +523,7 @@ class Namespace:
         file.size = command.size
         file.mtime = command.mtime
         file.version += 1
+        self._remember_released(released)
         return ContentCommitted(stat=_stat(inode_id, file), released_chunks=released)
 
     def _apply_allocate_chunk_ids(self, command: AllocateChunkIds) -> AllocatedChunkIds:
@@ -683,6 +698,7 @@ class Namespace:
                 volumes=sorted(self._volumes.items()),
                 inode_ids=inode_ids,
                 inodes=[self._inodes[inode_id] for inode_id in inode_ids],
+                released=list(self._released),
             )
         )
 
@@ -709,9 +725,12 @@ class Namespace:
         namespace._next_chunk_id = image.next_chunk_id
         namespace._next_volume_id = image.next_volume_id
         namespace._volumes = dict(image.volumes)
+        namespace._released = dict.fromkeys(image.released)
         if sorted(namespace._volumes) != list(range(1, image.next_volume_id)):
             raise SnapshotError("snapshot's volumes are not exactly those below its next id")
         namespace._adopt_tree(inodes_by_id)
+        if any(chunk_id in namespace._chunk_inode for chunk_id in namespace._released):
+            raise SnapshotError("snapshot has a released chunk that a file still holds")
         return namespace
 
     def _adopt_tree(self, inodes_by_id: dict[InodeId, _Inode]) -> None:
@@ -822,6 +841,14 @@ class Namespace:
                 doing,
                 f"chunk {chunk_id} was never allocated (use AllocateChunkIds)",
             )
+        if chunk_id in self._released:
+            _refuse(
+                ErrorCode.ESTALE,
+                path,
+                doing,
+                f"chunk {chunk_id} was committed before and has been released since (this "
+                "commit was applied once and then replaced, or it names deleted content)",
+            )
         holder = self._chunk_inode.get(chunk_id, inode_id)
         if holder != inode_id:
             _refuse(
@@ -838,6 +865,12 @@ class Namespace:
                     doing,
                     f"chunk {chunk_id} is on volume {volume_id}, which was never allocated",
                 )
+
+    def _remember_released(self, chunks: tuple[Chunk, ...]) -> None:
+        for chunk in chunks:
+            self._released[chunk.chunk_id] = None
+        while len(self._released) > RELEASED_MEMORY:
+            del self._released[next(iter(self._released))]
 
     def _take_inode_id(self) -> InodeId:
         inode_id = self._next_inode_id

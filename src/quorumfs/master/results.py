@@ -21,6 +21,9 @@ code                      status  why
 ``ECONFLICT``             409     the file changed since the version the caller read;
                                   the expected version travels in the request body,
                                   not in an ``If-Match`` header, hence not 412
+``ESTALE``                409     a commit names a chunk released since it was committed:
+                                  a repeated commit whose first attempt was applied and
+                                  replaced (the client's retry), or deleted content
 ``EINVAL``                400     the request itself is malformed
 ``ENAMETOOLONG``          400     not 414: the path may travel in a JSON body, and the
                                   body's ``code`` already tells the two 400s apart
@@ -71,6 +74,9 @@ class ErrorCode(enum.StrEnum):
     ENAMETOOLONG = "ENAMETOOLONG"
     ECONFLICT = "ECONFLICT"
     """A compare-and-set lost: the file's version (or inode) is not the expected one."""
+    ESTALE = "ESTALE"
+    """A commit names a chunk that was committed before and released since: the commit
+    was applied once already (its answer lost) and replaced, or names deleted content."""
 
 
 HTTP_STATUS_BY_CODE: Mapping[ErrorCode, int] = MappingProxyType(
@@ -81,6 +87,7 @@ HTTP_STATUS_BY_CODE: Mapping[ErrorCode, int] = MappingProxyType(
         ErrorCode.EISDIR: 409,
         ErrorCode.ENOTEMPTY: 409,
         ErrorCode.ECONFLICT: 409,
+        ErrorCode.ESTALE: 409,
         ErrorCode.EINVAL: 400,
         ErrorCode.ENAMETOOLONG: 400,
     }
