@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: cluster test check pytest system-deps sim-long nemesis-long soak bench bench-core bench-master bench-namespace bench-data bench-failover lock clean
+.PHONY: cluster test check pytest system-deps nemesis nemesis-long sim-long soak bench bench-core bench-master bench-namespace bench-data bench-failover lock clean
 
 # The product: a local cluster with embedded defaults.
 cluster: system-deps $(STAMP)
@@ -33,10 +33,13 @@ system-deps:
 sim-long: $(STAMP)
 	$(BIN)/python tests/simulation/run_seeds.py --first 100000 --count 20000 --jobs 2
 
-# The nemesis suite over real processes, 30 rounds (NEMESIS_ROUNDS, NEMESIS_SEED to
-# change); the report is written to artifacts/nemesis/ and printed.
+# The nemesis suite over real processes: 3 short rounds, or 30 (NEMESIS_ROUNDS,
+# NEMESIS_SEED to change); the report is written to artifacts/nemesis/ and printed.
+nemesis: $(STAMP)
+	$(BIN)/pytest -m soak tests/nemesis -k short -s
+
 nemesis-long: $(STAMP)
-	NEMESIS_ROUNDS=$${NEMESIS_ROUNDS:-30} $(BIN)/pytest -m soak tests/nemesis -s
+	NEMESIS_ROUNDS=$${NEMESIS_ROUNDS:-30} $(BIN)/pytest -m soak tests/nemesis -k long -s
 
 # Every long randomized run.
 soak: sim-long
