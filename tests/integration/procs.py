@@ -222,21 +222,28 @@ class Cluster:
     def alive(self) -> list[Master]:
         return [m for m in self.masters if m.alive]
 
-    def leader(self, timeout: float = 15.0) -> Master:
-        """The master that every live master agrees is leading."""
+    def leader(self, timeout: float = 15.0, *, majority: bool = False) -> Master:
+        """The master that every live master agrees is leading; with ``majority``, the one
+        that a majority of all masters (itself included) names, for a loaded machine where
+        one master may be restarting or a moment behind."""
 
         def agreed() -> Master | None:
-            leaders = set()
+            named: dict[str, int] = {}
             for master in self.alive():
                 try:
                     status = master.status()
                 except (OSError, HttpError):
+                    if majority:
+                        continue
                     return None
-                leaders.add(status["leader_http"])
-            if len(leaders) != 1:
+                named[status["leader_http"]] = named.get(status["leader_http"], 0) + 1
+            if majority:
+                chosen = [a for a, n in named.items() if a and n > len(self.masters) // 2]
+            else:
+                chosen = list(named) if len(named) == 1 else []
+            if len(chosen) != 1:
                 return None
-            (address,) = leaders
-            return next((m for m in self.alive() if m.address == address), None)
+            return next((m for m in self.alive() if m.address == chosen[0]), None)
 
         found: Master = wait_for(agreed, "one agreed leader", timeout)
         return found

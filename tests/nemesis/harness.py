@@ -41,6 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -240,7 +241,7 @@ class Nemesis:
         self.faults: list[Fault] = []
 
     async def leader(self, timeout: float = 15.0) -> Master:
-        return await asyncio.to_thread(self.cluster.leader, timeout)
+        return await asyncio.to_thread(partial(self.cluster.leader, timeout, majority=True))
 
     async def apply(self, kind: str, hold: float) -> None:
         fault = Fault(kind, time.monotonic())
