@@ -24,8 +24,13 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Literal, NamedTuple
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -66,6 +71,8 @@ TOKEN_TTL_MS = 60_000
 
 Drop = Literal["before", "after"]
 """Drop a commit's connection before applying it, or after (applied, answer lost)."""
+
+T = TypeVar("T")
 
 
 def error_response(status: int, code: str, message: str, path: str = "") -> web.Response:
@@ -453,14 +460,17 @@ async def serving(cluster: DataCluster) -> AsyncIterator[DataCluster]:
 
 
 @contextmanager
-def serving_in_thread(cluster: DataCluster) -> Iterator[DataCluster]:
-    """Serve ``cluster`` from an event loop in a thread (for the sync client and the CLI)."""
+def in_loop_thread(served: AbstractAsyncContextManager[T]) -> Iterator[T]:
+    """Enter ``served`` on an event loop of its own in a thread (for the sync client and
+    the CLI, which run their own loops), and leave it there at the end."""
     ready = threading.Event()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
+    entered: list[T] = []
 
     async def serve() -> None:
-        async with serving(cluster):
+        async with served as value:
+            entered.append(value)
             ready.set()
             await stop.wait()
 
@@ -468,8 +478,13 @@ def serving_in_thread(cluster: DataCluster) -> Iterator[DataCluster]:
     thread.start()
     assert ready.wait(10)
     try:
-        yield cluster
+        yield entered[0]
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+def serving_in_thread(cluster: DataCluster) -> AbstractContextManager[DataCluster]:
+    """Serve ``cluster`` from an event loop in a thread (for the sync client and the CLI)."""
+    return in_loop_thread(serving(cluster))

@@ -22,13 +22,14 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from typing import Any, Literal, NamedTuple
 
 import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from data_fakes import in_loop_thread
 
 from quorumfs.client import (
     AlreadyExists,
@@ -848,28 +849,9 @@ def test_a_closed_client_refuses_calls() -> None:
 # ---------------------------------------------------------------- sync facade
 
 
-@contextmanager
-def cluster_in_thread(size: int = 3) -> Iterator[FakeCluster]:
+def cluster_in_thread(size: int = 3) -> AbstractContextManager[FakeCluster]:
     """A FakeCluster served by its own event loop in a thread (for the sync client)."""
-    cluster = FakeCluster(size)
-    ready = threading.Event()
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        async with running(cluster):
-            ready.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield cluster
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        loop.close()
+    return in_loop_thread(running(FakeCluster(size)))
 
 
 def test_the_sync_client_mirrors_the_async_one() -> None:
