@@ -30,11 +30,17 @@ from typing import Final
 import msgspec
 
 __all__ = [
+    "MIN_SECRET_BYTES",
+    "SECRET_ENV",
     "TokenError",
     "WriteGrant",
     "WriteTokenKey",
     "volume_token",
 ]
+
+SECRET_ENV: Final = "QUORUMFS_CLUSTER_SECRET"
+"""Where every process of a cluster (masters, volume servers) reads the shared secret."""
+MIN_SECRET_BYTES: Final = 16
 
 _VERSION: Final = "v1"
 _MAC_BYTES: Final = 16

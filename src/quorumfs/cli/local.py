@@ -25,7 +25,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from quorumfs.master.server import SECRET_ENV
+from quorumfs.tokens import SECRET_ENV
 
 
 def _get(address: str, path: str) -> dict[str, object] | None:

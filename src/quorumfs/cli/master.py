@@ -12,10 +12,11 @@ import uvloop
 from rich.console import Console
 
 from quorumfs.master.data_service import DataOptions
-from quorumfs.master.server import SECRET_ENV, MasterOptions, MasterStartupError, run_master
+from quorumfs.master.server import MasterOptions, MasterStartupError, run_master
 from quorumfs.master.topology import TopologyOptions
 from quorumfs.runtime.transport import ListenError
 from quorumfs.runtime.wal import CorruptLogError, JournalInUseError
+from quorumfs.tokens import SECRET_ENV
 
 
 def master(

@@ -30,9 +30,10 @@ import typer
 import uvloop
 from rich.console import Console
 
-from quorumfs.master.server import SECRET_ENV, MasterOptions, MasterStartupError, run_master
+from quorumfs.master.server import MasterOptions, MasterStartupError, run_master
 from quorumfs.runtime.transport import ListenError
 from quorumfs.runtime.wal import CorruptLogError, JournalInUseError
+from quorumfs.tokens import SECRET_ENV
 from quorumfs.volume.errors import StoreError
 from quorumfs.volume.server import VolumeOptions, VolumeStartupError, run_volume
 

@@ -12,7 +12,8 @@ import uvloop
 from rich.console import Console
 
 from quorumfs.client import DNS_SERVER_ENV
-from quorumfs.volume.server import SECRET_ENV, VolumeOptions, VolumeStartupError, run_volume
+from quorumfs.tokens import SECRET_ENV
+from quorumfs.volume.server import VolumeOptions, VolumeStartupError, run_volume
 
 _SIZE: Final = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[KMGTP]?)(?P<suffix>i?B?)", re.I)
 _POWERS: Final = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}

@@ -53,6 +53,7 @@ from quorumfs.runtime.node import NodeOptions, RaftNode
 from quorumfs.runtime.transport import RaftTransport
 from quorumfs.runtime.wal import DiskStorage
 from quorumfs.runtime.wal.fileio import Durability, atomic_write
+from quorumfs.tokens import MIN_SECRET_BYTES, SECRET_ENV
 
 from .contract import RAFT_PORT_OFFSET
 from .data_api import add_data_routes
@@ -66,8 +67,6 @@ __all__ = ["MasterOptions", "MasterStartupError", "admin_token_for", "run_master
 
 logger = logging.getLogger("quorumfs.master")
 
-SECRET_ENV = "QUORUMFS_CLUSTER_SECRET"
-MIN_SECRET_BYTES = 16
 LEASE_MARGIN_TICKS = 2
 """The lease ends at least this many ticks before a follower that acknowledged it may
 vote again: one for the phase of the followers' tickers (a follower's first tick after

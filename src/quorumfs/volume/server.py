@@ -43,7 +43,7 @@ from quorumfs.client import (
     dns_name_of,
     parse_address,
 )
-from quorumfs.tokens import volume_token
+from quorumfs.tokens import MIN_SECRET_BYTES, SECRET_ENV, volume_token
 
 from .errors import StoreInUseError
 from .heartbeat import (
@@ -56,9 +56,7 @@ from .http_api import build_app, writes_finished
 from .store import ChunkStore
 
 __all__ = [
-    "MIN_SECRET_BYTES",
     "READ_GRACE",
-    "SECRET_ENV",
     "SHUTDOWN_GRACE",
     "DiscoveredMasters",
     "VolumeOptions",
@@ -68,9 +66,6 @@ __all__ = [
 
 logger = logging.getLogger("quorumfs.volume")
 
-SECRET_ENV: Final = "QUORUMFS_CLUSTER_SECRET"
-"""Same variable as the masters': every process of a cluster has the same secret."""
-MIN_SECRET_BYTES: Final = 16
 SHUTDOWN_GRACE: Final = 30.0
 """Seconds uploads in flight are given to finish when stopping."""
 READ_GRACE: Final = 5.0
