@@ -223,7 +223,7 @@ class DataService:
             result = await self.service.execute(
                 RegisterVolume(address=beat.address, volume_id=beat.volume_id)
             )
-        registered = _unwrap(result)
+        registered = result.unwrap()
         assert isinstance(registered, RegisteredVolume)
         if beat.volume_id == 0:
             logger.info("registered volume server %d at %s", registered.volume_id, beat.address)
@@ -284,7 +284,7 @@ class DataService:
                 result = await self.service.execute(
                     AllocateChunkIds(count=MAX_CHUNK_IDS_PER_ALLOCATION)
                 )
-                allocated = _unwrap(result).chunk_ids
+                allocated = result.unwrap().chunk_ids
                 self._next_id, self._end_id = allocated[0], allocated[-1] + 1
                 self._ids_term = term
             first = self._next_id
@@ -319,7 +319,7 @@ class DataService:
             replication=request.replication or DEFAULT_REPLICATION,
         )
         result = await self.service.execute(command)
-        committed = _unwrap(result)
+        committed = result.unwrap()
         assert isinstance(committed, ContentCommitted)
         return CommitResponse(stat=committed.stat, released_chunks=len(committed.released_chunks))
 
@@ -447,8 +447,3 @@ class DataService:
 
 def _committed(namespace: Namespace, chunk_ids: Sequence[int]) -> Iterator[tuple[Chunk, int]]:
     yield from namespace.chunks_by_id(chunk_ids).values()
-
-
-def _unwrap(result: Result[Any]) -> Any:
-    """The value of a command's result, or ``RefusedError`` (answered with its code)."""
-    return result.unwrap()
