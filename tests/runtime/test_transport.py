@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import uvloop
 
 from quorumfs.raft.messages import (
     ConfState,
@@ -50,6 +51,17 @@ async def until(condition: Callable[[], bool], event: asyncio.Event) -> None:
         while not condition():
             event.clear()
             await event.wait()
+
+    await asyncio.wait_for(wait(), DEADLINE)
+
+
+async def poll(condition: Callable[[], bool]) -> None:
+    """Wait, under DEADLINE, until ``condition()`` holds, checking every 10 ms (for state
+    that has no event to wait on)."""
+
+    async def wait() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
 
     await asyncio.wait_for(wait(), DEADLINE)
 
@@ -331,6 +343,42 @@ def test_reconnects_after_receiver_restarts_on_same_port() -> None:
     run(main())
 
 
+def test_connection_closed_before_its_loss_is_noticed_is_redialed_on_uvloop() -> None:
+    """Found by the nemesis: a follower SIGKILLed under load resets the leader's connection;
+    uvloop closes the socket at once but tells the reader one callback later. A send in
+    between woke the peer's task, whose write raised (uvloop refuses writes to a closed
+    socket) and ended the task: the leader never dialed the restarted follower again."""
+
+    async def main() -> None:
+        inbox = Inbox()
+        t1, t2 = make(1, Inbox()), make(2, inbox)
+        for t in (t1, t2):
+            await t.start()
+        t1.set_peer(2, t2.listen_address)
+        t2.set_peer(1, t1.listen_address)
+        try:
+            t1.send([heartbeat(1, 2, 1)])
+            await inbox.wait_for(1)
+            # `sent` is counted after the drain: at 1, the task waits for more to send.
+            await poll(lambda: t1.peer_state()[2].sent == 1)
+            task = t1._peers[2].task
+            assert task is not None
+            # The outbound socket is the peer task's own; reach it through its frame.
+            writer = task.get_coro().cr_frame.f_locals["writer"]  # type: ignore[union-attr]
+            before = t1.peer_state()[2].since
+            writer.transport.abort()  # closed now; the reader hears of it a callback later
+            t1.send([heartbeat(1, 2, 2)])  # wakes the task before that callback
+
+            await poll(lambda: t1.peer_state()[2].connected and t1.peer_state()[2].since > before)
+            assert not task.done()
+            t1.send([heartbeat(1, 2, 3)])
+            assert (await inbox.wait_for(2))[-1] == heartbeat(1, 2, 3)
+        finally:
+            await closing(t1, t2)
+
+    uvloop.run(asyncio.wait_for(main(), 15))
+
+
 def test_address_change_reconnects_to_the_new_address() -> None:
     async def main() -> None:
         old, new = Inbox(), Inbox()
@@ -391,6 +439,32 @@ def test_oversized_outgoing_message_is_dropped_and_counted() -> None:
             assert (state.sent, state.dropped) == (1, 1)
         finally:
             await closing(t1, t2)
+
+    run(main())
+
+
+def test_an_unexpected_error_costs_a_reconnection_not_the_peer() -> None:
+    """A bug in the peer's task (here: a message msgspec cannot encode) is logged with its
+    traceback; the task reconnects and later messages flow."""
+
+    async def main() -> None:
+        inbox2 = Inbox()
+        t1, t2 = make(1, Inbox()), make(2, inbox2)
+        await t1.start()
+        await t2.start()
+        t1.set_peer(2, t2.listen_address)
+        t2.set_peer(1, t1.listen_address)
+        unencodable = msgspec.structs.replace(heartbeat(1, 2, 1), context=object())
+        with watch_log() as log:
+            try:
+                t1.send([heartbeat(1, 2, 1)])
+                await inbox2.wait_for(1)
+                t1.send([unencodable])
+                await log.wait_for("connection task failed", logging.ERROR)
+                t1.send([heartbeat(1, 2, 2)])
+                assert (await inbox2.wait_for(2))[-1] == heartbeat(1, 2, 2)
+            finally:
+                await closing(t1, t2)
 
     run(main())
 

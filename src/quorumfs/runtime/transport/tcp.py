@@ -38,6 +38,9 @@ transport chooses never blocking the driver and bounded memory over delivery:
 - Reconnection uses exponential backoff from ``backoff[0]`` to ``backoff[1]``
   seconds with "equal jitter" (half the delay fixed, half random), reset by a
   successful handshake.
+- A peer's task never ends before the peer is removed or the transport closed:
+  any other error in it (a bug) is logged with its traceback and handled as a
+  lost connection. A task that died would cut the peer off for good.
 
 Inbound, each accepted connection is authenticated (bounded by
 ``handshake_timeout``), then every frame is checked and its message handed to
@@ -60,7 +63,8 @@ Logging (logger ``quorumfs.transport``): WARNING for every refused inbound
 connection or frame, naming the remote address and the reason; WARNING for
 an outbound failure the first time its reason is seen (repeats go to DEBUG,
 so a peer that is down logs once, not once per retry); INFO for connections
-established and lost.
+established and lost; ERROR, with the traceback, for an unexpected error in a
+peer's task.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, NoReturn, TypeVar
 
 import msgspec
 
@@ -384,21 +388,24 @@ class RaftTransport:
     async def _run_peer(self, peer: _Peer) -> None:
         failures = 0
         while peer.task is asyncio.current_task() and not self._closing:
+            connected = False
             try:
                 reader, writer, sealer = await self._dial(peer, peer.address)
+                connected = True
+                self._peer_connected(peer)
+                try:
+                    await self._pump(peer, reader, writer, sealer)
+                finally:
+                    writer.close()
             except _PeerLostError as failure:
-                self._peer_failed(peer, str(failure), notify=bool(peer.queue))
-                failures += 1
-                await asyncio.sleep(self._backoff_delay(failures))
-                continue
-            self._peer_connected(peer)
-            try:
-                await self._pump(peer, reader, writer, sealer)
-            except _PeerLostError as failure:
-                self._peer_failed(peer, str(failure), notify=True)
-            finally:
-                writer.close()
-            failures = 1
+                reason = str(failure)
+            except Exception as error:
+                # A bug, but one that must cost a reconnection: a task that died here
+                # would cut this peer off until the process restarts.
+                logger.exception("node %d: connection task failed", peer.node_id)
+                reason = f"internal error: {error!r}"
+            self._peer_failed(peer, reason, notify=connected or bool(peer.queue))
+            failures = 1 if connected else failures + 1
             await asyncio.sleep(self._backoff_delay(failures))
 
     def _backoff_delay(self, failures: int) -> float:
@@ -449,9 +456,9 @@ class RaftTransport:
     async def _dialer_handshake(
         handshake: DialerHandshake, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> FrameSealer:
-        writer.write(handshake.hello())
+        _write(writer, handshake.hello())
         await writer.drain()
-        writer.write(handshake.receive_challenge(await reader.readexactly(CHALLENGE_SIZE)))
+        _write(writer, handshake.receive_challenge(await reader.readexactly(CHALLENGE_SIZE)))
         await writer.drain()
         return handshake.receive_accept(await reader.readexactly(ACCEPT_SIZE))
 
@@ -461,7 +468,7 @@ class RaftTransport:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         sealer: FrameSealer,
-    ) -> None:
+    ) -> NoReturn:
         """Send the queue's batches until the connection fails (raises ``_PeerLostError``)."""
         where = _fmt(peer.address)
         lost: list[str] = []
@@ -492,8 +499,8 @@ class RaftTransport:
                     frames.append(sealer.seal(payload))
                 if not frames:
                     continue
-                writer.write(b"".join(frames))
                 try:
+                    _write(writer, b"".join(frames))
                     await _wait_for(writer.drain(), self._write_timeout)
                 except TimeoutError:
                     peer.dropped += len(frames)
@@ -628,10 +635,10 @@ class RaftTransport:
     async def _listener_handshake(
         handshake: ListenerHandshake, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> FrameOpener:
-        writer.write(handshake.receive_hello(await reader.readexactly(HELLO_SIZE)))
+        _write(writer, handshake.receive_hello(await reader.readexactly(HELLO_SIZE)))
         await writer.drain()
         accept, opener = handshake.receive_auth(await reader.readexactly(AUTH_SIZE))
-        writer.write(accept)
+        _write(writer, accept)
         await writer.drain()
         return opener
 
@@ -699,6 +706,18 @@ async def _wait_for(awaitable: Awaitable[_T], timeout: float) -> _T:
         raise
     _raise_if_cancelled()
     return result
+
+
+def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """``writer.write``, raising ``ConnectionResetError`` if the connection is already closed.
+
+    The connection may be closed before ``connection_lost`` has told the reader (and so
+    our watcher). asyncio then ignores the write, but uvloop, which the servers run on,
+    raises ``RuntimeError``; an ``OSError`` is what every caller treats as a lost peer.
+    """
+    if writer.is_closing():
+        raise ConnectionResetError("the connection is closed")
+    writer.write(data)
 
 
 def _raise_if_cancelled() -> None:
