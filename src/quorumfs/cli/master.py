@@ -60,6 +60,14 @@ def master(
         bool,
         typer.Option(help="fsync the journal before acknowledging (never turn off in production)."),
     ] = True,
+    fault_injection: Annotated[
+        bool,
+        typer.Option(
+            "--fault-injection",
+            help="Serve GET/PUT /debug/faults (admin token) to slow this master's journal "
+            "fsync at run time. For fault tests only: never in production.",
+        ),
+    ] = False,
     volume_pulse_ms: Annotated[
         int, typer.Option(help="How often volume servers heartbeat to the leader (ms).", min=50)
     ] = 1000,
@@ -101,6 +109,7 @@ def master(
             election_tick=election_ticks,
             lease_tick=lease_ticks,
             fsync=fsync,
+            fault_injection=fault_injection,
             data=DataOptions(
                 pulse=volume_pulse_ms / 1000,
                 topology=TopologyOptions(

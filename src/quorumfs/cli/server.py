@@ -57,6 +57,14 @@ def server(
             "or running masters to join. Not needed on restart.",
         ),
     ] = "",
+    master_fault_injection: Annotated[
+        bool,
+        typer.Option(
+            "--master.fault-injection",
+            help="Serve GET/PUT /debug/faults (admin token) to slow the master's journal "
+            "fsync at run time. For fault tests only: never in production.",
+        ),
+    ] = False,
     volume_port: Annotated[
         int, typer.Option("--volume.port", help="The volume server's HTTP port.")
     ] = 8080,
@@ -82,7 +90,12 @@ def server(
     elif secret is None and not peers:
         secret = secrets.token_hex(32)  # a cluster of one: the master stores it on first start
     master_options = MasterOptions(
-        mdir=directory / "master", ip=ip, port=master_port, peers=peers, secret=secret
+        mdir=directory / "master",
+        ip=ip,
+        port=master_port,
+        peers=peers,
+        secret=secret,
+        fault_injection=master_fault_injection,
     )
     try:
         max_bytes = parse_size(volume_max) if volume_max is not None else None

@@ -21,6 +21,10 @@ Theory of operation:
 - Every request is bounded by ``request_timeout``; nothing waits on a quorum
   that is gone. ``/cluster/status``, ``/cluster/members``, ``/healthz`` and
   ``/openapi.json`` answer from local state and never touch Raft.
+- ``/debug/faults`` (admin token) reads and sets this master's injected faults
+  (a journal fsync delay) for fault tests. It acts on the master it reaches and
+  is never forwarded; it answers 404 unless the master was started with
+  ``--fault-injection`` (``build_app(faults=...)``).
 - Every answer is JSON. Errors are ``{"error": {"code", "message", "path"}}``:
   the namespace's POSIX-named codes (``results.ErrorCode``) with their statuses
   from ``results.HTTP_STATUS_BY_CODE``, plus the API's own (``ApiErrorCode``).
@@ -41,7 +45,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final, Protocol, TypeVar
 
 import aiohttp
 import msgspec
@@ -95,6 +99,9 @@ __all__ = [
     "DeleteResponse",
     "ErrorBody",
     "ErrorResponse",
+    "FaultTarget",
+    "FaultsRequest",
+    "FaultsResponse",
     "HealthResponse",
     "ListResponse",
     "MembersResponse",
@@ -133,6 +140,9 @@ ADMIN_TOKEN_HELP: Final = (
 _MIN_INT64: Final = -(2**63)
 _MAX_INT64: Final = 2**63 - 1
 _MAX_PORT: Final = 65535
+MAX_FSYNC_DELAY_MS: Final = 60_000
+"""The longest journal fsync delay ``PUT /debug/faults`` accepts: a minute."""
+FAULT_INJECTION_OFF: Final = "fault injection is off: start the master with --fault-injection"
 
 
 class ApiErrorCode(enum.StrEnum):
@@ -142,7 +152,8 @@ class ApiErrorCode(enum.StrEnum):
     code       status why
     ========== ====== ===========================================================
     EACCES     401    an admin operation without a valid bearer token
-    ENOSYS     404    no such endpoint (405 when the path exists, not the method)
+    ENOSYS     404    no such endpoint (405 when the path exists, not the method);
+                      also ``/debug/faults`` on a master without --fault-injection
     E2BIG      413    the request body is larger than the server accepts
     EAGAIN     503    no leader or no quorum right now, and nothing was done: retry
                       after Retry-After (a write too: it was not applied)
@@ -174,6 +185,7 @@ Int64 = Annotated[int, msgspec.Meta(ge=_MIN_INT64, le=_MAX_INT64)]
 Owner = Annotated[str, msgspec.Meta(min_length=1)]
 Replication = Annotated[int, msgspec.Meta(ge=1, le=MAX_REPLICATION)]
 MemberId = Annotated[int, msgspec.Meta(ge=1)]
+FsyncDelayMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_FSYNC_DELAY_MS)]
 
 
 class _Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -220,6 +232,10 @@ class AddMemberRequest(_Body, frozen=True):
 
 class TransferLeaderRequest(_Body, frozen=True):
     to: MemberId
+
+
+class FaultsRequest(_Body, frozen=True):
+    fsync_delay_ms: FsyncDelayMs
 
 
 class ErrorBody(msgspec.Struct, frozen=True):
@@ -270,6 +286,18 @@ class RedirectResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 class HealthResponse(msgspec.Struct, frozen=True):
     ok: bool
+
+
+class FaultsResponse(msgspec.Struct, frozen=True, kw_only=True):
+    fsync_delay_ms: int
+    """Milliseconds slept before each fsync of this master's journal; 0: none."""
+
+
+class FaultTarget(Protocol):
+    """What ``/debug/faults`` changes: the master's journal (``DiskStorage``)."""
+
+    sync_delay: float
+    """Seconds slept just before each journal fsync; finite and >= 0."""
 
 
 _encoder: Final = msgspec.json.Encoder()
@@ -399,9 +427,13 @@ def _wants_redirect(request: web.Request) -> bool:
 class Handlers:
     """The handlers of one application, sharing the service and the forwarding session."""
 
-    def __init__(self, service: MasterService, request_timeout: float) -> None:
+    def __init__(
+        self, service: MasterService, request_timeout: float, faults: FaultTarget | None = None
+    ) -> None:
         self.service = service
         self.request_timeout = request_timeout
+        self.faults = faults
+        """None unless the master runs with --fault-injection: ``/debug/faults`` is off."""
         self.session: aiohttp.ClientSession | None = None
         """Created on startup, closed on cleanup (``client_session``)."""
         self.openapi = load_openapi_document()
@@ -719,6 +751,31 @@ class Handlers:
             f"no member has id {member_id} (list them: `quorumfs cluster members`)",
         )
 
+    # -------------------------------------------------------- fault injection
+
+    def fault_target(self, request: web.Request) -> FaultTarget:
+        """The journal to act on, for an admin, when fault injection is on."""
+        if self.faults is None:
+            raise ApiError(404, ApiErrorCode.ENOSYS, FAULT_INJECTION_OFF)
+        self.require_admin(request)
+        return self.faults
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return json_response(_faults_state(self.fault_target(request)))
+
+    async def put_faults(self, request: web.Request) -> web.Response:
+        target = self.fault_target(request)
+        body = decode_body(await request.read(), FaultsRequest)
+        before = _faults_state(target).fsync_delay_ms
+        target.sync_delay = body.fsync_delay_ms / 1000
+        if body.fsync_delay_ms != before:
+            logger.warning(
+                "fault injection: journal fsync delay set to %d ms (was %d ms)",
+                body.fsync_delay_ms,
+                before,
+            )
+        return json_response(_faults_state(target))
+
     # --------------------------------------------------------------- plain
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -734,14 +791,16 @@ def build_app(
     request_timeout: float = 5.0,
     more_routes: Callable[[web.Application, Handlers], None] | None = None,
     metrics: CollectorRegistry | None = None,
+    faults: FaultTarget | None = None,
 ) -> web.Application:
     """The aiohttp application serving ``service``; every request ends within
     ``request_timeout`` seconds. ``more_routes`` adds routes that share the
     handlers' leader routing and error mapping (the data path's, ``data_api``).
-    ``GET /metrics`` serves ``metrics`` (``master.metrics``; empty when None)."""
+    ``GET /metrics`` serves ``metrics`` (``master.metrics``; empty when None).
+    ``GET|PUT /debug/faults`` act on ``faults`` (fault tests only; 404 when None)."""
     if not request_timeout > 0:
         raise ValueError(f"request_timeout must be positive, not {request_timeout}")
-    api = Handlers(service, request_timeout)
+    api = Handlers(service, request_timeout, faults)
     app = web.Application(middlewares=[api.errors_and_deadline])
     if more_routes is not None:
         more_routes(app, api)
@@ -760,6 +819,8 @@ def build_app(
     app.router.add_delete("/cluster/members/{id}", api.remove_member)
     app.router.add_post("/cluster/transfer-leader", api.transfer_leader)
     app.router.add_post("/cluster/step-down", api.step_down)
+    app.router.add_get("/debug/faults", api.get_faults)
+    app.router.add_put("/debug/faults", api.put_faults)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/openapi.json", api.openapi_document)
     add_console_routes(app, service)  # the web console: GET /, /console/*, /cluster/overview
@@ -809,6 +870,10 @@ def _deleted(value: Deleted) -> object:
 
 def _renamed(value: Renamed) -> object:
     return RenameResponse(replaced=value.replaced)
+
+
+def _faults_state(target: FaultTarget) -> FaultsResponse:
+    return FaultsResponse(fsync_delay_ms=round(target.sync_delay * 1000))
 
 
 def _member_id(text: str) -> int:

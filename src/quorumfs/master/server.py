@@ -91,6 +91,9 @@ class MasterOptions:
     """None: the core's default, ``election_tick - 2``: the longest lease with the margin."""
     snapshot_every: int = 10_000
     fsync: bool = True
+    fault_injection: bool = False
+    """Serve ``GET|PUT /debug/faults`` (admin token): fault tests slow this master's
+    journal fsync at run time. For fault tests only, never in production."""
     data: DataOptions = field(default_factory=DataOptions)
     """Volume servers, placement and repair."""
 
@@ -354,7 +357,17 @@ async def run_master(
     )
     state.on_applied(data.on_applied)
     metrics.watch_data(data)
-    app = build_app(service, more_routes=add_data_routes(data), metrics=metrics.registry)
+    app = build_app(
+        service,
+        more_routes=add_data_routes(data),
+        metrics=metrics.registry,
+        faults=storage if options.fault_injection else None,
+    )
+    if options.fault_injection:
+        logger.warning(
+            "fault injection is on (--fault-injection): PUT /debug/faults can slow this "
+            "master's journal; for fault tests only, never in production"
+        )
     runner = web.AppRunner(app, access_log=None)
     try:
         await node.start()

@@ -46,7 +46,8 @@ Thread model: write methods (``save``, ``sync``, ``create_snapshot``,
 ``compact``, ``apply_snapshot``, ``close``) must not run concurrently with one
 another; the ``Storage`` reads may run on another thread meanwhile (the driver
 may persist in a worker thread while the core reads on the event loop): they
-see the log either before or after each in-memory update.
+see the log either before or after each in-memory update. ``sync_delay`` may
+be set from any thread at any time (the HTTP API sets it on the event loop).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -152,7 +154,35 @@ class DiskStorage:
         """Set when a write failed half-way: memory and disk may disagree, so stop."""
         self._closed = False
         self.sync_observer: Callable[[float], None] | None = None
-        """Called with the seconds each ``sync`` that flushed something took (metrics)."""
+        """Called with the seconds each ``sync`` that flushed something took (metrics),
+        ``sync_delay`` included."""
+
+    @property
+    def sync_delay(self) -> float:
+        """Seconds slept just before every fsync of the journal; 0.0 (the default): none.
+
+        Fault injection only (a master started with ``--fault-injection``): it makes
+        this journal behave like a slow disk. Every fsync the journal does pays it:
+        the segment and ``wal/`` fsyncs and the hard state's file and directory
+        fsyncs of ``sync`` (one delay per fsync: a group commit waits one for its
+        segment before it is acknowledged, two more when it writes the hard state),
+        and those of a truncation, a rollover, a snapshot and a compaction; with
+        ``fsync=False`` too (only the sleep, no flush). It is slept in the calling
+        thread: while a master serves, ``RaftNode`` persists in a worker thread
+        (``asyncio.to_thread``); its startup replay and the master's final ``close``
+        run on the event loop. It counts in what ``sync_observer`` sees, as a slow
+        disk's latency would.
+
+        Invariant: finite and >= 0 (the setter refuses anything else). It may be set
+        from any thread; a change applies from the next fsync.
+        """
+        return self._durability.delay
+
+    @sync_delay.setter
+    def sync_delay(self, seconds: float) -> None:
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"sync_delay must be a finite number of seconds >= 0, not {seconds}")
+        self._durability.delay = float(seconds)
 
     # -- opening and recovery -----------------------------------------------
 

@@ -1,8 +1,9 @@
 """The few file-system operations the journal needs, and the one place fsync happens.
 
 Every fsync of the journal goes through ``Durability``: one switch turns real
-flushes off (tests, benchmarks) and one hook runs before each of them (a nemesis
-test makes it slow). ``atomic_write`` is the temp-file, fsync, rename, fsync-dir
+flushes off (tests, benchmarks), one hook runs before each of them, and an
+injected delay (``DiskStorage.sync_delay``, set at run time by fault tests)
+makes each of them slow. ``atomic_write`` is the temp-file, fsync, rename, fsync-dir
 recipe used for the hard state and snapshots: after a crash the file holds
 either the old or the new content, never a mix.
 """
@@ -10,6 +11,7 @@ either the old or the new content, never a mix.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -23,17 +25,25 @@ TMP_SUFFIX: Final = ".tmp"
 class Durability:
     """Performs (or skips) every fsync, calling ``hook`` first.
 
-    The hook runs even when ``enabled`` is false, so a test can inject fsync
-    latency without paying for real flushes.
+    The hook and the delay apply even when ``enabled`` is false, so a test can
+    inject fsync latency without paying for real flushes.
     """
 
     def __init__(self, enabled: bool = True, hook: Callable[[], None] | None = None) -> None:
         self.enabled = enabled
         self.hook = hook
+        self.delay = 0.0
+        """Seconds slept just before each fsync (after the hook): a slow disk, injected
+        (``DiskStorage.sync_delay`` sets it and keeps it finite and >= 0). Read once per
+        fsync, so it may be changed from another thread at any time: the change applies
+        from the next fsync (one already sleeping sleeps its old delay out)."""
 
     def fsync(self, fd: int) -> None:
         if self.hook is not None:
             self.hook()
+        delay = self.delay
+        if delay > 0:
+            time.sleep(delay)  # synchronous on purpose: the journal runs in a worker thread
         if self.enabled:
             os.fsync(fd)
 
