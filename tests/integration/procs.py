@@ -102,6 +102,8 @@ class Master:
         self.process: subprocess.Popen[bytes] | None = None
         self.extra_args: tuple[str, ...] = ()
         """Given on every start (e.g. data-path timings)."""
+        self.netns: str | None = None
+        """The network namespace to run in (``ip netns exec``), or None for this one."""
 
     def start(self, *args: str, secret: str | None = SECRET) -> None:
         env = dict(os.environ)
@@ -109,6 +111,7 @@ class Master:
         if secret is not None:
             env["QUORUMFS_CLUSTER_SECRET"] = secret
         command = [
+            *(("ip", "netns", "exec", self.netns) if self.netns else ()),
             sys.executable,
             "-m",
             "quorumfs",
@@ -168,7 +171,8 @@ class Master:
 
 class Cluster:
     """Masters on 127.0.0.1, each on its own ports; or, with ``ips``, one master per
-    address, all on the same ports (as masters behind one DNS name would be)."""
+    address, all on the same ports (as masters behind one DNS name would be); with
+    ``netns`` too, master i runs in namespace ``netns[i]`` on ``ips[i]``."""
 
     def __init__(
         self,
@@ -177,19 +181,25 @@ class Cluster:
         master_args: tuple[str, ...] = (),
         *,
         ips: Sequence[str] | None = None,
+        netns: Sequence[str] | None = None,
     ) -> None:
         self.root = root
         self.master_args = master_args
         self.ips = None if ips is None else tuple(ips)
+        self.netns = None if netns is None else tuple(netns)
         self.masters = self._new_masters(size if self.ips is None else len(self.ips))
 
     def _new_masters(self, size: int, suffix: str = "") -> list[Master]:
         if self.ips is None:
             return [self._new_master(f"m{i}{suffix}") for i in range(1, size + 1)]
-        port = free_port_pair(ips=self.ips)
-        return [
+        # A namespace of its own has every port free: any port will do there.
+        port = free_port_pair() if self.netns else free_port_pair(ips=self.ips)
+        masters = [
             self._new_master(f"m{i}{suffix}", port, ip) for i, ip in enumerate(self.ips, start=1)
         ]
+        for master, netns in zip(masters, self.netns or (), strict=False):
+            master.netns = netns
+        return masters
 
     def _new_master(self, name: str, port: int | None = None, ip: str = "127.0.0.1") -> Master:
         master = Master(self.root, name, port or free_port_pair(), ip)
@@ -332,11 +342,12 @@ class DataCluster(Cluster):
         volumes: int = 3,
         master_args: tuple[str, ...] = (),
         ips: Sequence[str] | None = None,
+        netns: Sequence[str] | None = None,
         mserver: Callable[[list[Master]], list[str]] | None = None,
         volume_args: tuple[str, ...] = (),
     ) -> None:
         timings = ("--volume-pulse-ms", str(PULSE_MS), "--volume-dead-after", "1.5")
-        super().__init__(root, masters, (*timings, *master_args), ips=ips)
+        super().__init__(root, masters, (*timings, *master_args), ips=ips, netns=netns)
         self.volume_count = volumes
         self.volumes: list[Volume] = []
         self.mserver = mserver

@@ -1,6 +1,6 @@
 """A Jepsen-style nemesis over real processes: clients, faults, a history, a verdict.
 
-One ``DataCluster`` (3 masters, 3 volume servers, from ``procs``) serves several rounds.
+One ``DataCluster`` (3 or 5 masters, 3 volume servers, from ``procs``) serves several rounds.
 In a round, ``clients`` concurrent ``AsyncMasterClient``s run a small model against
 their own directory while a nemesis injects faults on a seeded schedule:
 
@@ -18,15 +18,21 @@ their own directory while a nemesis injects faults on a seeded schedule:
   ``classify`` for the exact table: it follows the client's docstrings, and is
   conservative where they leave room (a ``put``'s ``Unavailable`` may come after a
   retried commit whose first attempt was applied, so it is unknown).
-* **Faults** (one at a time): SIGKILL + restart of the leader, of a follower, of a
-  volume server; SIGSTOP/SIGCONT of the leader for longer than the election timeout;
-  SIGKILL of all masters at once and restart; a leadership transfer and a step-down.
+* **Faults** (one at a time, ``FAULT_KINDS``): SIGKILL + restart of the leader, of a
+  follower, of a volume server; SIGSTOP/SIGCONT of the leader for longer than the
+  election timeout; SIGKILL of all masters at once and restart; a leadership transfer
+  and a step-down; network partitions between masters (``network.py``: each master in
+  its own namespace, packets dropped in a hub): the leader in a minority, a follower
+  alone, and one-way cuts of everything the leader sends or receives; a slow journal
+  fsync on one master (``PUT /debug/faults``, masters run with ``--fault-injection``);
+  a membership change (a follower removed, wiped, and joined again as a new member).
 * **Checks** after each round: linearizability (per file); no acknowledged write lost
   (a final read, after healing, of every file); no torn read; and healing (one agreed
   leader, three writable volume servers and every file readable) within ``HEAL_BOUND``.
 
 ``run_rounds`` returns a ``RunResult`` whose ``report`` is the readable text saved to
-``artifacts/nemesis/<run>.txt``.
+``artifacts/nemesis/<run>.txt`` (with the processes' logs in ``<run>-logs/`` after an
+anomaly).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import contextlib
 import hashlib
 import math
 import random
+import shutil
 import signal
 import time
 from collections import Counter
@@ -45,7 +52,8 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from procs import DataCluster, HttpError, Master, http
+from network import Network
+from procs import DataCluster, HttpError, Master, http, wait_for
 
 from quorumfs.client import (
     AlreadyExists,
@@ -95,7 +103,19 @@ FAULT_KINDS = (
     "restart-masters",
     "transfer-leader",
     "step-down",
+    "partition-leader",
+    "partition-follower",
+    "partition-leader-out",
+    "partition-leader-in",
+    "slow-fsync",
+    "replace-follower",
 )
+"""Every kind the schedule draws from; ``network.py`` explains how partitions are made."""
+PARTITION_HOLD = (1.0, 4.0)
+"""Seconds a partition lasts: long enough for an isolated leader's lease to lapse and the
+majority to elect, short enough for TCP's retransmission backoff to recover quickly."""
+FSYNC_DELAY_MS = (50, 400)
+"""A slow disk: every journal fsync of the chosen master takes this much longer."""
 
 Kind = Literal["put", "read", "create"]
 Outcome = Literal["ok", "failed", "unknown"]
@@ -232,12 +252,15 @@ class Fault:
 
 
 class Nemesis:
-    """Applies faults to a ``DataCluster``; every blocking step runs in a thread."""
+    """Applies faults to a ``DataCluster`` whose master i+1 runs in ``network``'s
+    namespace i+1; every blocking step runs in a thread."""
 
-    def __init__(self, cluster: DataCluster, rng: random.Random) -> None:
+    def __init__(self, cluster: DataCluster, network: Network, rng: random.Random) -> None:
         self.cluster = cluster
+        self.network = network
         self.rng = rng
         self.paused: list[Master] = []
+        self.slowed: set[Master] = set()
         self.faults: list[Fault] = []
 
     async def leader(self, timeout: float = 15.0) -> Master:
@@ -276,6 +299,20 @@ class Nemesis:
             await asyncio.to_thread(leader.wait_serving)
             return f"SIGKILL leader {leader.address}, restarted after {hold:.1f} s"
         followers = [m for m in cluster.masters if m is not leader]
+        if kind.startswith("partition-"):
+            return await self._partition(kind, leader, followers)
+        if kind == "slow-fsync":
+            master = self.rng.choice([leader, leader, *followers])  # the leader half the time
+            delay = self.rng.randint(*FSYNC_DELAY_MS)
+            await asyncio.to_thread(self.set_fsync_delay, master, delay)
+            self.slowed.add(master)
+            await asyncio.sleep(hold)
+            await asyncio.to_thread(self.set_fsync_delay, master, 0)
+            self.slowed.discard(master)
+            role = "leader" if master is leader else "follower"
+            return f"fsync of {role} {master.address} {delay} ms slower for {hold:.1f} s"
+        if kind == "replace-follower":
+            return await asyncio.to_thread(self._replace, leader, self.rng.choice(followers))
         if kind == "kill-follower":
             follower = self.rng.choice(followers)
             await asyncio.to_thread(follower.kill)
@@ -311,6 +348,61 @@ class Nemesis:
             return f"{kind} from {leader.address} {asked}: {result}"
         raise ValueError(f"unknown fault {kind!r}")
 
+    async def _partition(self, kind: str, leader: Master, followers: list[Master]) -> str:
+        net, number = self.network, self.cluster.masters.index
+        hold = self.rng.uniform(*PARTITION_HOLD)
+        if kind == "partition-leader":
+            # A minority with the leader in it: alone of 3, with one follower of 5.
+            size = len(self.cluster.masters) // 2
+            group = [leader, *self.rng.sample(followers, size - 1)]
+            net.isolate({number(m) + 1 for m in group})
+            what = "isolated " + " and ".join(f"{m.address}" for m in group) + " (leader first)"
+        elif kind == "partition-follower":
+            follower = self.rng.choice(followers)
+            net.isolate({number(follower) + 1})
+            what = f"isolated follower {follower.address}"
+        else:
+            for follower in followers:
+                ends = (number(leader) + 1, number(follower) + 1)
+                net.cut(*(ends if kind == "partition-leader-out" else ends[::-1]))
+            if kind == "partition-leader-out":
+                what = f"dropped everything leader {leader.address} sends to the other masters"
+            else:
+                what = f"dropped everything the other masters send to leader {leader.address}"
+        try:
+            await asyncio.sleep(hold)
+        finally:
+            await asyncio.to_thread(net.heal)
+        return f"{what}, healed after {hold:.1f} s"
+
+    def set_fsync_delay(self, master: Master, delay_ms: int) -> None:
+        headers = {"Authorization": f"Bearer {master.admin_token()}"}
+        body = {"fsync_delay_ms": delay_ms}
+        http("PUT", master.address, "/debug/faults", body, timeout=10, headers=headers)
+
+    def _replace(self, leader: Master, follower: Master) -> str:
+        """Remove a follower from the group, wipe it, and let it join again as a new member
+        (a learner first, then a voter): a membership change in each direction."""
+        headers = {"Authorization": f"Bearer {leader.admin_token()}"}
+        old_id = int(follower.status()["id"])
+        http("DELETE", leader.address, f"/cluster/members/{old_id}", timeout=10, headers=headers)
+        follower.kill()
+        shutil.rmtree(follower.mdir)
+        follower.start("--peers", leader.address)
+        follower.wait_serving()
+        new_id = int(follower.status()["id"])
+
+        def voter() -> bool:
+            try:
+                members = http("GET", follower.address, "/cluster/members", timeout=2)
+            except (OSError, HttpError):
+                return False
+            voters = {m["id"]: m["voter"] for m in members["members"]}
+            return voters.get(new_id) is True and old_id not in voters
+
+        wait_for(voter, f"{follower.address} to be a voter again", HEAL_BOUND)
+        return f"removed {follower.address} (id {old_id}), wiped, joined again as id {new_id}"
+
     def resume_all(self) -> None:
         while self.paused:
             master = self.paused.pop()
@@ -318,8 +410,14 @@ class Nemesis:
                 master.process.send_signal(signal.SIGCONT)
 
     def heal(self) -> None:
-        """Every process running again (idempotent; used in ``finally`` too)."""
+        """Every process running again, no cut, no slow disk (idempotent; used in
+        ``finally`` too)."""
         self.resume_all()
+        self.network.heal()
+        for master in list(self.slowed):
+            with contextlib.suppress(OSError, HttpError):
+                self.set_fsync_delay(master, 0)
+            self.slowed.discard(master)
         for master in self.cluster.masters:
             if not master.alive:
                 master.start()
@@ -467,6 +565,7 @@ def _lost_writes(records: list[Record], key: str, final: str | None) -> str | No
 
 async def run_round(
     cluster: DataCluster,
+    network: Network,
     index: int,
     seed: int,
     *,
@@ -482,7 +581,7 @@ async def run_round(
     records: list[Record] = []
     torn: list[str] = []
     keys: set[str] = set()
-    nemesis = Nemesis(cluster, random.Random(seed + 1))
+    nemesis = Nemesis(cluster, network, random.Random(seed + 1))
     stop = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         pool = [
@@ -616,10 +715,20 @@ async def run_rounds(
     seed: int,
     run_name: str,
     artifacts: Path,
+    masters: int = 3,
     kinds: tuple[str, ...] = FAULT_KINDS,
 ) -> RunResult:
-    """Start a cluster, run ``rounds`` rounds, stop it (always), write the report."""
-    cluster = DataCluster(root)
+    """Start a cluster of ``masters`` masters (each in its own network namespace) and 3
+    volume servers, run ``rounds`` rounds, stop it (always), write the report; after an
+    anomaly, keep every process's log beside it."""
+    network = await asyncio.to_thread(Network, masters)
+    cluster = DataCluster(
+        root,
+        masters=masters,
+        ips=[network.address(n) for n in range(1, masters + 1)],
+        netns=network.namespaces,
+        master_args=("--fault-injection",),
+    )
     results: list[RoundResult] = []
     started = time.monotonic()
     try:
@@ -637,6 +746,7 @@ async def run_rounds(
         for index in range(rounds):
             result = await run_round(
                 cluster,
+                network,
                 index,
                 seed + index,
                 duration=duration,
@@ -651,20 +761,27 @@ async def run_rounds(
             if master.process is not None and master.process.poll() is None:
                 master.process.send_signal(signal.SIGCONT)
         await asyncio.to_thread(cluster.stop)
+        await asyncio.to_thread(network.close)
 
     faults = Counter(f.kind for r in results for f in r.faults)
     ops = sum(len(r.records) for r in results)
+    anomalies = sum(len(r.anomalies) for r in results)
     head = [
-        f"nemesis run {run_name}: seed {seed}, {len(results)}/{rounds} rounds of {duration:g} s, "
-        f"{clients} clients, {time.monotonic() - started:.0f} s in all",
-        f"operations checked: {ops}; faults: " + ", ".join(f"{k} {faults[k]}" for k in FAULT_KINDS),
-        "not injected in this suite yet: network partitions, slow fsync, clock jumps, "
-        "membership changes",
-        f"anomalies: {sum(len(r.anomalies) for r in results)}",
+        f"nemesis run {run_name}: seed {seed}, {masters} masters, {len(results)}/{rounds} rounds "
+        f"of {duration:g} s, {clients} clients, {time.monotonic() - started:.0f} s in all",
+        f"operations checked: {ops}; faults: " + ", ".join(f"{k} {faults[k]}" for k in kinds),
+        f"anomalies: {anomalies}",
         "",
     ]
     report = "\n".join(head + [render_round(r) + "\n" for r in results])
     artifacts.mkdir(parents=True, exist_ok=True)
     path = artifacts / f"{run_name}.txt"
     path.write_text(report)
+    if anomalies:
+        logs = artifacts / f"{run_name}-logs"
+        logs.mkdir(exist_ok=True)
+        for log in root.glob("*.log"):
+            shutil.copy(log, logs / log.name)
+        for lease_log in root.glob("*/lease.log"):
+            shutil.copy(lease_log, logs / f"{lease_log.parent.name}-lease.log")
     return RunResult(results, report, path)
