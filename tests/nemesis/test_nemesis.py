@@ -28,7 +28,7 @@ def _seed() -> int:
 
 
 def _run(
-    tmp_path: Path, name: str, rounds: int, duration: float, clients: int, masters: int = 3
+    tmp_path: Path, name: str, *, rounds: int, duration: float, clients: int, masters: int = 3
 ) -> RunResult:
     seed = _seed()
     run_name = f"{name}-{masters}m-{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}"
