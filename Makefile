@@ -33,8 +33,10 @@ system-deps:
 sim-long: $(STAMP)
 	$(BIN)/python tests/simulation/run_seeds.py --first 100000 --count 20000 --jobs 2
 
-# The nemesis suite over real processes: 3 short rounds, or 30 (NEMESIS_ROUNDS,
-# NEMESIS_SEED to change); the report is written to artifacts/nemesis/ and printed.
+# The nemesis suite over real processes (needs root: masters run in network
+# namespaces): the short run that make test includes (3 rounds of 40 s), or 30 rounds,
+# half on 3 masters and half on 5 (NEMESIS_ROUNDS, NEMESIS_SEED to change); the report
+# is written to artifacts/nemesis/ and printed.
 nemesis: $(STAMP)
 	$(BIN)/pytest tests/nemesis -k short -s
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 from harness import Record, TornReadError, _lost_writes, classify, decode, encode
+from model import DirModel
 
 from quorumfs.client import (
     AlreadyExists,
@@ -16,7 +17,7 @@ from quorumfs.client import (
     Unavailable,
     WriteFailed,
 )
-from quorumfs.verify.linearizability import KVModel, check
+from quorumfs.verify.linearizability import check
 
 
 def test_values_round_trip_and_an_empty_file_is_the_created_value() -> None:
@@ -72,7 +73,7 @@ def test_a_lost_acknowledged_write_is_reported() -> None:
 
 def _verdict(records: list[Record]) -> bool | None:
     history = [op for r in records if (op := r.operation()) is not None]
-    return check(KVModel(), history).ok
+    return check(DirModel(), history).ok
 
 
 def test_the_history_check_fails_a_stale_read_and_accepts_an_unknown_write() -> None:
@@ -99,3 +100,29 @@ def test_create_exclusive_is_a_compare_and_set_on_absence() -> None:
     assert _verdict([_put("a", 0, 1), created]) is False  # the file existed already
     refused = Record(2, "create", "/k", None, 2, 3, "ok", swapped=False)
     assert _verdict([refused, _read(None, 4, 5)]) is False  # "exists", then missing
+
+
+def _mv(src: str, dst: str, call: float, ret: float, moved: bool = True) -> Record:
+    if ret == math.inf:
+        return Record(3, "rename", src, dst, call, ret, "unknown")
+    return Record(3, "rename", src, dst, call, ret, "ok", swapped=moved)
+
+
+def _read_at(key: str, value: str | None, call: float, ret: float) -> Record:
+    return Record(1, "read", key, value, call, ret, "ok")
+
+
+def test_a_rename_moves_the_value_and_leaves_the_source_absent() -> None:
+    put = Record(0, "put", "/e0-k0", "a", 0, 1, "ok")
+    moved = _mv("/e0-k0", "/e0-k1", 2, 3)
+    assert _verdict([put, moved, _read_at("/e0-k1", "a", 4, 5), _read_at("/e0-k0", None, 4, 5)])
+    # The value still at the source after an acknowledged rename is a violation...
+    assert _verdict([put, moved, _read_at("/e0-k0", "a", 4, 5)]) is False
+    # ...as is a rename that says it moved a file that never existed...
+    assert _verdict([_mv("/e0-k0", "/e0-k1", 2, 3)]) is False
+    # ...or one that found nothing where a file was.
+    assert _verdict([put, _mv("/e0-k0", "/e0-k1", 2, 3, moved=False)]) is False
+    # A rename whose outcome is unknown may have happened, or not.
+    unknown = _mv("/e0-k0", "/e0-k1", 2, math.inf)
+    assert _verdict([put, unknown, _read_at("/e0-k1", "a", 4, 5)]) is True
+    assert _verdict([put, unknown, _read_at("/e0-k0", "a", 4, 5)]) is True
