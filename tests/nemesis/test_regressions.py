@@ -11,6 +11,17 @@
    namespace remembers recently released chunk ids and refuses such a commit (ESTALE);
    the client settles a refused retry as "applied, then replaced". The script below
    does that retry by hand.
+2. A leader that never dialed a restarted follower again (found by
+   ``test_nemesis_short``: one run in three ended with no agreed leader within 30 s
+   after a follower's SIGKILL and restart; the restarted follower stayed a
+   pre-candidate, the others refusing it while they heard from the leader). Under
+   uvloop a socket reset by the dying follower is closed a callback before its reader
+   hears of it; a send in between woke the peer's task, whose write raised
+   ``RuntimeError`` and ended the task for good. Fixed in the transport: a write to a
+   closed connection is a lost connection, and any other error in a peer's task costs a
+   reconnection. Its scripted schedule is a unit test, since the moment it needs is one
+   event-loop callback wide: ``tests/runtime/test_transport.py::
+   test_connection_closed_before_its_loss_is_noticed_is_redialed_on_uvloop``.
 """
 
 from __future__ import annotations
