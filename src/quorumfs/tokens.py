@@ -10,9 +10,12 @@ for another and the secret itself never travels.
   (``/v1/fs/allocate``), the volume server checks it on ``PUT /chunks/{id}``.
   Format: ``v1.<payload>.<mac>``, both base64url without padding; the payload
   is msgpack ``[chunk_id, volume_id, expires_unix_ms]``, the MAC the first 16
-  bytes of HMAC-SHA256 over ``v1.<payload>``. Expiry is wall-clock time (the
-  two ends are different machines): keep clocks within a few seconds of each
-  other (NTP), or tokens look expired (or live a little longer).
+  bytes of HMAC-SHA256 over ``v1.<payload>``. Expiry is on the signing
+  leader's wall clock, and the volume server judges it by that clock, not its
+  own: each heartbeat answer tells it the leader's time
+  (``wire.HeartbeatResponse.leader_time_unix_ms``), it keeps the difference
+  from its own clock, and passes its own time plus that difference as
+  ``now_unix_ms``. The clocks of masters and volume servers need not agree.
 - The **volume token** authorises a volume server's heartbeats to the masters
   (``Authorization: Bearer``): whoever holds it may register a volume server.
 
@@ -94,7 +97,8 @@ class WriteTokenKey:
 
     def verify(self, token: str, *, chunk_id: int, volume_id: int, now_unix_ms: int) -> WriteGrant:
         """The grant in ``token`` if it is genuine, unexpired and for exactly this chunk
-        on this volume server; ``TokenError`` saying which of those fails otherwise."""
+        on this volume server; ``TokenError`` saying which of those fails otherwise.
+        ``now_unix_ms`` is the time on the leader's clock (the volume server's estimate)."""
         if len(token) > _MAX_TOKEN_CHARS:
             raise TokenError("the write token is too long to be one")
         version, _, rest = token.partition(".")
@@ -125,8 +129,8 @@ class WriteTokenKey:
         if now_unix_ms >= grant.expires_unix_ms:
             late = (now_unix_ms - grant.expires_unix_ms) / 1000
             raise TokenError(
-                f"the write token expired {late:.1f} s ago; ask the master for a new one "
-                "(if this is unexpected, check that the clocks agree)"
+                f"the write token expired {late:.1f} s ago (by the leader's clock, as this "
+                "volume server's last heartbeat found it); ask the master for a new one"
             )
         return grant
 

@@ -36,7 +36,11 @@ until then); chunks stay readable from the addresses the namespace records.
 
 Authorisation: a volume server accepts a chunk write only with a write token
 (``quorumfs.tokens``) that the leader signed with a key derived from the
-cluster secret, naming that chunk, that volume server and an expiry. Heartbeats
+cluster secret, naming that chunk, that volume server and an expiry on the
+leader's wall clock. The volume server judges the expiry by the leader's clock,
+not its own: every heartbeat answer carries the leader's time
+(``HeartbeatResponse.leader_time_unix_ms``), and the server keeps the
+difference from its own clock. Heartbeats
 carry ``Authorization: Bearer <volume token>``, also derived from the secret.
 Reads are not authorised: anyone who can reach a volume server and knows a
 chunk id can read it (as with SeaweedFS without JWT reads).
@@ -143,7 +147,8 @@ class AllocateResponse(msgspec.Struct, frozen=True, kw_only=True):
     replication: int
     """The copies wanted (the file's, the request's or the default)."""
     expires_unix_ms: int
-    """When the tokens expire (wall clock, ms since the epoch)."""
+    """When the tokens expire (ms since the epoch, on the leader's wall clock: volume
+    servers judge it by that clock, see ``HeartbeatResponse.leader_time_unix_ms``)."""
     max_chunk_size: int = MAX_CHUNK_SIZE
 
 
@@ -274,6 +279,14 @@ class HeartbeatResponse(msgspec.Struct, frozen=True, kw_only=True):
     replicate: list[ReplicateTask] = []
     masters: list[str] = []
     """Every master's HTTP address, for the server's list of masters."""
+    leader_time_unix_ms: int | None = None
+    """The leader's wall clock when it answered (ms since the epoch), the clock its write
+    tokens' expiries are on. The volume server keeps ``leader_clock_offset_ms =
+    leader_time_unix_ms - its own wall clock when the answer arrived`` (from its latest
+    acknowledged heartbeat; 0 before the first, and after an answer without this field,
+    from a leader older than it) and judges a token expired once its own clock plus that
+    offset reaches the expiry: clocks need not agree. The offset lags the leader by the
+    answer's transit time (under a pulse), so a token may live that much longer."""
 
 
 class VolumeInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -373,3 +386,6 @@ class VolumeStatus(msgspec.Struct, frozen=True, kw_only=True):
     """Milliseconds since its last acknowledged heartbeat."""
     writable: bool
     """False after a failed fsync (restart needed)."""
+    leader_clock_offset_ms: int = 0
+    """The leader's wall clock minus this server's, as its last acknowledged heartbeat
+    found it (``HeartbeatResponse.leader_time_unix_ms``); write tokens are judged by it."""

@@ -268,3 +268,38 @@ def test_the_leader_killed_during_an_upload(tmp_path: Path) -> None:
                 assert target.read_bytes() == b"old content"
     finally:
         cluster.stop()
+
+
+def test_writes_go_on_when_the_leaders_wall_clock_jumps(tmp_path: Path) -> None:
+    """Write tokens expire on the leader's clock and volume servers judge them by it (the
+    heartbeat answers tell them its time): an hour's jump either way fails no write, and
+    moves no leadership."""
+    cluster = DataCluster(tmp_path, master_args=("--fault-injection",))
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        term = leader.status()["term"]
+        headers = {"Authorization": f"Bearer {leader.admin_token()}"}
+        for offset_ms in (-3_600_000, 3_600_000):
+            body = {"wall_clock_offset_ms": offset_ms}
+            http("PUT", leader.address, "/debug/faults", body, headers=headers)
+
+            def told(offset_ms: int = offset_ms) -> bool:
+                states = [v.status() for v in cluster.volumes]
+                return all(
+                    s is not None and abs(s["leader_clock_offset_ms"] - offset_ms) < 5_000
+                    for s in states
+                )
+
+            wait_for(told, f"every volume server to see the leader's clock {offset_ms} ms off")
+            # A new client each time: no spare grant from before the jump, only new tokens.
+            with MasterClient(cluster.master_list()) as client:
+                path, data = f"/jumped{offset_ms}", os.urandom(10_000)
+                client.put(path, data)
+                assert client.read(path) == data
+                mtime = client.stat(path).mtime / 1e9
+                assert abs(mtime - (time.time() + offset_ms / 1000)) < 60
+        assert cluster.leader() is leader
+        assert leader.status()["term"] == term
+    finally:
+        cluster.stop()

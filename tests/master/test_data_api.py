@@ -6,6 +6,7 @@ and routing to the leader."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +21,7 @@ from quorumfs.master.data_service import DataOptions, DataService
 from quorumfs.master.http_api import REDIRECT_HEADER, build_app
 from quorumfs.master.results import Result
 from quorumfs.master.topology import TopologyOptions
+from quorumfs.runtime.clock import WallClock
 from quorumfs.tokens import TokenError, WriteTokenKey, volume_token
 from quorumfs.wire import AllocateResponse, FileContent, HeartbeatResponse
 
@@ -41,16 +43,19 @@ class ListeningService(FakeService):
 
 
 @asynccontextmanager
-async def serve(service: ListeningService) -> AsyncIterator[tuple[Client, DataService]]:
+async def serve(
+    service: ListeningService, clock: WallClock | None = None
+) -> AsyncIterator[tuple[Client, DataService]]:
     data = DataService(
         service,
         secret=SECRET,
         leader_term=lambda: 3 if service.leader else None,
         masters=lambda: ["10.0.0.1:9333"],
         options=DataOptions(topology=TopologyOptions(min_free=1), writable_wait=0.2),
+        clock=clock,
     )
     service.data = data
-    app = build_app(service, request_timeout=2.0, more_routes=add_data_routes(data))
+    app = build_app(service, request_timeout=2.0, more_routes=add_data_routes(data), clock=clock)
     async with TestClient(TestServer(app)) as client:
         yield client, data
 
@@ -113,6 +118,38 @@ def test_a_first_heartbeat_registers_and_a_delta_asks_for_a_full_report() -> Non
                 headers=VOLUME,
             )
             assert_error(bad, 400, "EINVAL")
+
+    run(test)
+
+
+def test_heartbeat_answers_token_expiries_and_mtimes_are_on_the_masters_clock() -> None:
+    """A leader whose wall clock is an hour behind tells volume servers its time, signs
+    tokens that expire two minutes after it, and stamps commits with it."""
+    hour_ms = 3_600_000
+
+    def near(ms: int, expected_ms: int) -> bool:
+        return abs(ms - expected_ms) < 60_000
+
+    async def test() -> None:
+        clock = WallClock(offset=-3600)
+        async with serve(ListeningService(), clock) as (client, _):
+            answer = await call(
+                client, "POST", "/v1/volumes/heartbeat", heartbeat_body(0, 8001), headers=VOLUME
+            )
+            told = msgspec.convert(answer.body, HeartbeatResponse).leader_time_unix_ms
+            assert told is not None and near(told, int(time.time() * 1000) - hour_ms)
+            await register(client, 8001)
+            await call(client, "POST", "/v1/fs/create", {"path": "/f", "replication": 1})
+            answer = await call(client, "POST", "/v1/fs/allocate", {"path": "/f"})
+            allocated = msgspec.convert(answer.body, AllocateResponse)
+            assert near(allocated.expires_unix_ms, clock.time_ms() + 120_000)
+            (grant,) = allocated.chunks
+            chunk = [grant.chunk_id, 0, 5, 1234, [grant.targets[0].volume_id]]
+            body = {"path": "/f", "chunks": [chunk], "size": 5}
+            committed = await call(client, "POST", "/v1/fs/commit", body)
+            assert committed.status == 200, committed.body
+            mtime_ms = committed.body["stat"]["mtime"] // 1_000_000
+            assert near(mtime_ms, int(time.time() * 1000) - hour_ms)
 
     run(test)
 

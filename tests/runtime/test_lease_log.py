@@ -2,17 +2,21 @@
 
 Each node is watched where ``RaftNode`` watches it: after each tick and each Ready
 taken. The fake monotonic clock of a node is its tick count times ``TICK``, so every
-duration in an event is exact. Then the line format, and the rotated file.
+duration in an event is exact. Then the line format, the rotated file, and the wall
+time of a line from the master's ``WallClock`` (which a fault test may shift).
 """
 
 from __future__ import annotations
 
 import re
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cluster import Cluster
 
 from quorumfs.raft import ConfChange, ConfChangeType, ReadOnlyOption
+from quorumfs.runtime.clock import WallClock
 from quorumfs.runtime.lease_log import LeaseEvent, LeaseLog, LeaseWatch, format_line
 
 TICK = 0.05
@@ -247,3 +251,46 @@ def test_the_log_file_is_written_line_by_line_and_rotated(tmp_path: Path) -> Non
     monos = [float(line.split()[1].removeprefix("mono=")) for line in lines]
     assert monos == sorted(monos)
     assert any("event=step-down reason=transfer" in line for line in lines)
+
+
+def test_a_line_is_stamped_by_the_masters_wall_clock_and_a_jump_moves_only_the_stamp(
+    tmp_path: Path,
+) -> None:
+    c = Cluster(3, read_only=ReadOnlyOption.LEASE)
+    path = tmp_path / "lease.log"
+    clock = WallClock(offset=3600)
+    log = LeaseLog(
+        path, c.nodes[1].raft, TICK, mono=lambda: c.nodes[1].raft.ticks * TICK, wall=clock.time
+    )
+    c.observers.append(lambda n, ticked: log.observe(ticked=ticked) if n == 1 else None)
+    log.observe()
+    clock.offset = -3600  # back two hours, between two events
+    c.elect(1)
+    c.tick([1], times=2)
+    log.close()
+
+    def stamp(line: str) -> float:
+        wall = datetime.strptime(line.split(maxsplit=1)[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+        return wall.replace(tzinfo=UTC).timestamp()
+
+    lines = path.read_text().splitlines()
+    assert "event=started" in lines[0]
+    assert abs(stamp(lines[0]) - (time.time() + 3600)) < 60
+    later = lines[1:]
+    assert any("event=lease-acquired" in line for line in later)
+    assert all(abs(stamp(line) - (time.time() - 3600)) < 60 for line in later)
+    # The events are timed on the monotonic clock, which did not jump.
+    monos = [float(line.split()[1].removeprefix("mono=")) for line in lines]
+    assert monos == sorted(monos)
+
+
+def test_the_wall_clock_is_the_hosts_plus_the_offset() -> None:
+    clock = WallClock()
+    assert abs(clock.time() - time.time()) < 1
+    clock.offset = -86_400.5
+    before = time.time_ns()
+    ns, seconds, ms = clock.time_ns(), clock.time(), clock.time_ms()
+    after = time.time_ns()
+    assert before - 86_400_500_000_000 <= ns <= after - 86_400_500_000_000
+    assert abs(seconds - ns / 1e9) < 1
+    assert abs(ms - ns // 1_000_000) < 1000

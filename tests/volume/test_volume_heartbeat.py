@@ -4,9 +4,9 @@ Covers full reports and deltas (first heartbeat, after a failure, on request,
 changes made while a heartbeat was in flight), the volume id stored before use
 and sent after a restart, deletes, copies from another volume server (a real
 one, in process: ``test_volume_http_api.volume_app``), compaction, the pulse and the
-master list the leader gives, the rate-limited warnings, and riding through a
-leader change within one pulse with the real ``AsyncMasterClient`` against
-emulated masters (a dead leader, and a hung one).
+master list the leader gives, the leader's clock offset, the rate-limited warnings,
+and riding through a leader change within one pulse with the real
+``AsyncMasterClient`` against emulated masters (a dead leader, and a hung one).
 
 Tests call ``beat()`` one heartbeat at a time; the one test of ``run()`` polls
 with a deadline. Nothing waits by sleeping.
@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -36,6 +37,7 @@ from quorumfs.volume.store import ChunkStore
 from quorumfs.wire import Heartbeat, HeartbeatResponse, ReplicateTask
 
 MiB = 1 << 20
+HOUR_MS = 3_600_000
 
 
 @contextmanager
@@ -315,6 +317,59 @@ def test_the_leaders_pulse_and_master_list_are_taken(tmp_path: Path) -> None:
             assert heart.pulse == 0.25
             assert masters.current == ("10.0.0.1:9333", "10.0.0.2:9333")
             assert (await heart.status()).masters == ["10.0.0.1:9333", "10.0.0.2:9333"]
+
+    run(test)
+
+
+def test_the_leaders_clock_offset_is_taken_from_each_acknowledged_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``leader_clock_offset_ms``: the leader's time minus this server's when the answer
+    arrived; 0 before the first answer and after one without it (an older leader); a
+    failed heartbeat keeps it; a jump of more than 5 s is a warning."""
+
+    def now_ms() -> int:
+        return time.time_ns() // 1_000_000
+
+    def near(offset: int, expected: int) -> bool:
+        return expected - 5_000 < offset <= expected
+
+    async def test() -> None:
+        link = FakeLink()
+        with heartbeat_loop(tmp_path, link) as heart, caplog.at_level(logging.WARNING):
+            assert heart.leader_clock_offset_ms == 0
+            assert abs(heart.leader_now_unix_ms() - now_ms()) < 5_000
+            link.answers.append(link.ack(leader_time_unix_ms=now_ms() - HOUR_MS))
+            assert await heart.beat()
+            assert near(heart.leader_clock_offset_ms, -HOUR_MS)
+            assert abs(heart.leader_now_unix_ms() - (now_ms() - HOUR_MS)) < 5_000
+            assert (await heart.status()).leader_clock_offset_ms == heart.leader_clock_offset_ms
+
+            link.answers.append(OSError("connection refused"))
+            assert not await heart.beat()
+            assert near(heart.leader_clock_offset_ms, -HOUR_MS)  # kept
+
+            link.answers.append(link.ack(leader_time_unix_ms=now_ms() + 1_000))
+            assert await heart.beat()
+            assert near(heart.leader_clock_offset_ms, 1_000)
+            link.answers.append(link.ack(leader_time_unix_ms=now_ms() + 1_200))
+            assert await heart.beat()  # a small change: no warning
+            assert near(heart.leader_clock_offset_ms, 1_200)
+
+            link.answers.append(link.ack())  # a leader that does not say: its clock is ours
+            assert await heart.beat()
+            assert heart.leader_clock_offset_ms == 0
+        warnings = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "wall clock" in r.getMessage()
+        ]
+        assert len(warnings) == 2, warnings
+        assert warnings[0].startswith("the leader's wall clock is -3600.")
+        assert warnings[0].endswith(
+            "s from this server's (was +0.0 s); write tokens are judged by the leader's clock"
+        )
+        assert "s from this server's (was -3600." in warnings[1]
 
     run(test)
 

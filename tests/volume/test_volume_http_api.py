@@ -1,6 +1,7 @@
 """A volume server's HTTP API against a real store, over real HTTP (aiohttp's TestServer).
 
-Covers writes (tokens, Content-Length, checksum, size limits, a body that breaks
+Covers writes (tokens, their expiry judged by the leader's clock as the last heartbeat
+answer told it, Content-Length, checksum, size limits, a body that breaks
 off, a full or failed store, before registration), reads (whole, ranges over
 small and block-by-block chunks, HEAD, bad ranges), corruption found before the
 first byte and mid-stream (the connection is cut, never a wrong byte) and its
@@ -321,6 +322,49 @@ def test_a_write_without_a_valid_token_is_refused_and_nothing_is_stored(
             assert why in body["error"]["message"]
             assert 5 not in v.store
             assert v.store.usage().total_bytes == 0
+
+    run(test)
+
+
+@pytest.mark.parametrize("skew_ms", [-3_600_000, 3_600_000], ids=["behind", "ahead"])
+def test_token_expiry_is_judged_by_the_leaders_clock_from_the_last_heartbeat(
+    tmp_path: Path, skew_ms: int
+) -> None:
+    """A leader whose clock is an hour behind (or ahead) signs tokens that expire two
+    minutes after its own now. Once a heartbeat answer told this server the leader's
+    time, such a token is accepted, and one that expired by the leader's clock is not,
+    whatever this server's own clock says."""
+
+    def leader_now() -> int:
+        return int(time.time() * 1000) + skew_ms
+
+    async def put(v: Volume, chunk_id: int, expires: int) -> tuple[int, str]:
+        grant = KEY.sign(WriteGrant(chunk_id, VOLUME_ID, expires))
+        async with v.session.put(
+            v.url(chunk_id), data=b"payload", headers={TOKEN_HEADER: grant}
+        ) as response:
+            body = msgspec.json.decode(await response.read())
+            return response.status, "" if response.status == 201 else body["error"]["message"]
+
+    async def test() -> None:
+        async with volume_app(tmp_path) as v:  # an answer without the leader's time: offset 0
+            assert v.heart.leader_clock_offset_ms == 0
+            fresh = leader_now() + 120_000
+            if skew_ms < 0:  # by this server's own clock, expired 58 minutes ago
+                status, message = await put(v, 1, fresh)
+                assert status == 401 and "expired 3480." in message, message
+                assert 1 not in v.store
+
+            v.link.answers.append(v.link.ack(leader_time_unix_ms=leader_now()))
+            assert await v.heart.beat()
+            assert skew_ms - 5_000 < v.heart.leader_clock_offset_ms <= skew_ms
+
+            assert await put(v, 1, fresh) == (201, "")
+            assert await put(v, 2, leader_now() + 5_000) == (201, "")
+            status, message = await put(v, 3, leader_now() - 1_000)  # truly expired
+            assert status == 401, message
+            assert "expired" in message and "by the leader's clock" in message, message
+            assert 3 not in v.store
 
     run(test)
 

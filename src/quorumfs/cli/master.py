@@ -65,7 +65,8 @@ def master(
         typer.Option(
             "--fault-injection",
             help="Serve GET/PUT /debug/faults (admin token) to slow this master's journal "
-            "fsync at run time. For fault tests only: never in production.",
+            "fsync or shift its wall clock at run time. For fault tests only: never in "
+            "production.",
         ),
     ] = False,
     volume_pulse_ms: Annotated[

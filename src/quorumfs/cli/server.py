@@ -62,7 +62,8 @@ def server(
         typer.Option(
             "--master.fault-injection",
             help="Serve GET/PUT /debug/faults (admin token) to slow the master's journal "
-            "fsync at run time. For fault tests only: never in production.",
+            "fsync or shift its wall clock at run time. For fault tests only: never in "
+            "production.",
         ),
     ] = False,
     volume_port: Annotated[

@@ -15,6 +15,11 @@ Theory of operation:
   out before it lost leadership are never used: ids are plentiful.
 - **Allocation** places each chunk (``Topology.place``) and signs a write
   token per target (``tokens.WriteTokenKey``, valid ``token_ttl``).
+- **Clock**: token expiries, the mtime of a commit that gives none, and the
+  leader's time in every heartbeat answer (``leader_time_unix_ms``, by which
+  volume servers judge the expiries) come from the master's ``WallClock``,
+  the one fault tests may shift. Liveness, placement and repair timing use
+  the monotonic clock.
 - **Commit** is one ``CommitContent`` entry (with ``create`` for a put). A
   commit naming a chunk this leader collected as an orphan is refused
   (ECONFLICT): the upload took longer than the orphan grace.
@@ -39,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from quorumfs.runtime.clock import WallClock
 from quorumfs.tokens import WriteGrant, WriteTokenKey, volume_token
 from quorumfs.wire import (
     AllocateRequest,
@@ -111,9 +117,12 @@ class DataService:
         leader_term: Callable[[], int | None],
         masters: Callable[[], list[str]],
         options: DataOptions | None = None,
+        clock: WallClock | None = None,
     ) -> None:
         self.service = service
         self.options = options or DataOptions()
+        self.clock = clock or WallClock()
+        """This master's wall clock: token expiries, mtimes, the time told to volume servers."""
         self._leader_term = leader_term
         """The current term while this master leads, else None."""
         self._masters = masters
@@ -210,6 +219,7 @@ class DataService:
             delete=deletes,
             replicate=tasks,
             masters=self._masters(),
+            leader_time_unix_ms=self.clock.time_ms(),
         )
 
     async def _register(self, beat: Heartbeat) -> int:
@@ -253,7 +263,7 @@ class DataService:
                 retry_after=self.options.pulse,
             )
         chunk_ids = await self._take_chunk_ids(request.count)
-        expires = int((time.time() + self.options.token_ttl) * 1000)
+        expires = self.clock.time_ms() + round(self.options.token_ttl * 1000)
         grants = []
         for chunk_id, servers in zip(chunk_ids, placements, strict=True):
             targets = [
@@ -310,7 +320,7 @@ class DataService:
             path=request.path,
             chunks=tuple(request.chunks),
             size=request.size,
-            mtime=request.mtime if request.mtime is not None else time.time_ns(),
+            mtime=request.mtime if request.mtime is not None else self.clock.time_ns(),
             expected_version=request.expected_version,
             expected_inode=request.expected_inode,
             create=request.create,

@@ -22,9 +22,12 @@ Theory of operation:
   that is gone. ``/cluster/status``, ``/cluster/members``, ``/healthz`` and
   ``/openapi.json`` answer from local state and never touch Raft.
 - ``/debug/faults`` (admin token) reads and sets this master's injected faults
-  (a journal fsync delay) for fault tests. It acts on the master it reaches and
-  is never forwarded; it answers 404 unless the master was started with
-  ``--fault-injection`` (``build_app(faults=...)``).
+  (a journal fsync delay, an offset of its wall clock) for fault tests. It acts
+  on the master it reaches and is never forwarded; it answers 404 unless the
+  master was started with ``--fault-injection`` (``build_app(faults=...)``).
+- Every wall-clock time this API stamps (the mtime of a mkdir or a create) is
+  read from the master's ``WallClock`` (``build_app(clock=...)``), the one the
+  wall clock offset shifts.
 - Every answer is JSON. Errors are ``{"error": {"code", "message", "path"}}``:
   the namespace's POSIX-named codes (``results.ErrorCode``) with their statuses
   from ``results.HTTP_STATUS_BY_CODE``, plus the API's own (``ApiErrorCode``).
@@ -43,7 +46,6 @@ import enum
 import importlib.resources
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any, Final, Protocol, TypeVar
 
@@ -52,6 +54,8 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from yarl import URL
+
+from quorumfs.runtime.clock import WallClock
 
 from .commands import (
     DEFAULT_DIRECTORY_MODE,
@@ -142,6 +146,8 @@ _MAX_INT64: Final = 2**63 - 1
 _MAX_PORT: Final = 65535
 MAX_FSYNC_DELAY_MS: Final = 60_000
 """The longest journal fsync delay ``PUT /debug/faults`` accepts: a minute."""
+MAX_WALL_CLOCK_OFFSET_MS: Final = 86_400_000
+"""The largest wall clock offset ``PUT /debug/faults`` accepts, either way: a day."""
 FAULT_INJECTION_OFF: Final = "fault injection is off: start the master with --fault-injection"
 
 
@@ -186,6 +192,9 @@ Owner = Annotated[str, msgspec.Meta(min_length=1)]
 Replication = Annotated[int, msgspec.Meta(ge=1, le=MAX_REPLICATION)]
 MemberId = Annotated[int, msgspec.Meta(ge=1)]
 FsyncDelayMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_FSYNC_DELAY_MS)]
+WallClockOffsetMs = Annotated[
+    int, msgspec.Meta(ge=-MAX_WALL_CLOCK_OFFSET_MS, le=MAX_WALL_CLOCK_OFFSET_MS)
+]
 
 
 class _Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -235,7 +244,10 @@ class TransferLeaderRequest(_Body, frozen=True):
 
 
 class FaultsRequest(_Body, frozen=True):
-    fsync_delay_ms: FsyncDelayMs
+    """The faults to change; a field left out is left as it is (``null`` is refused)."""
+
+    fsync_delay_ms: FsyncDelayMs | msgspec.UnsetType = msgspec.UNSET
+    wall_clock_offset_ms: WallClockOffsetMs | msgspec.UnsetType = msgspec.UNSET
 
 
 class ErrorBody(msgspec.Struct, frozen=True):
@@ -291,10 +303,13 @@ class HealthResponse(msgspec.Struct, frozen=True):
 class FaultsResponse(msgspec.Struct, frozen=True, kw_only=True):
     fsync_delay_ms: int
     """Milliseconds slept before each fsync of this master's journal; 0: none."""
+    wall_clock_offset_ms: int
+    """Milliseconds added to this master's wall clock (``WallClock.offset``); 0: none."""
 
 
 class FaultTarget(Protocol):
-    """What ``/debug/faults`` changes: the master's journal (``DiskStorage``)."""
+    """What ``/debug/faults`` changes besides the wall clock (``Handlers.clock``): the
+    master's journal (``DiskStorage``)."""
 
     sync_delay: float
     """Seconds slept just before each journal fsync; finite and >= 0."""
@@ -428,12 +443,18 @@ class Handlers:
     """The handlers of one application, sharing the service and the forwarding session."""
 
     def __init__(
-        self, service: MasterService, request_timeout: float, faults: FaultTarget | None = None
+        self,
+        service: MasterService,
+        request_timeout: float,
+        faults: FaultTarget | None = None,
+        clock: WallClock | None = None,
     ) -> None:
         self.service = service
         self.request_timeout = request_timeout
         self.faults = faults
         """None unless the master runs with --fault-injection: ``/debug/faults`` is off."""
+        self.clock = clock or WallClock()
+        """The master's wall clock: the mtimes stamped here; ``/debug/faults`` shifts it."""
         self.session: aiohttp.ClientSession | None = None
         """Created on startup, closed on cleanup (``client_session``)."""
         self.openapi = load_openapi_document()
@@ -611,7 +632,7 @@ class Handlers:
         check_path(body.path, "path")
         command = Mkdir(
             path=body.path,
-            mtime=time.time_ns(),
+            mtime=self.clock.time_ns(),
             owner=body.owner,
             mode=body.mode,
             parents=body.parents,
@@ -624,7 +645,7 @@ class Handlers:
         check_path(body.path, "path")
         command = Create(
             path=body.path,
-            mtime=time.time_ns(),
+            mtime=self.clock.time_ns(),
             owner=body.owner,
             mode=body.mode,
             replication=body.replication,
@@ -761,20 +782,41 @@ class Handlers:
         return self.faults
 
     async def get_faults(self, request: web.Request) -> web.Response:
-        return json_response(_faults_state(self.fault_target(request)))
+        return json_response(self.faults_state(self.fault_target(request)))
 
     async def put_faults(self, request: web.Request) -> web.Response:
         target = self.fault_target(request)
         body = decode_body(await request.read(), FaultsRequest)
-        before = _faults_state(target).fsync_delay_ms
-        target.sync_delay = body.fsync_delay_ms / 1000
-        if body.fsync_delay_ms != before:
-            logger.warning(
-                "fault injection: journal fsync delay set to %d ms (was %d ms)",
-                body.fsync_delay_ms,
-                before,
+        delay, offset = body.fsync_delay_ms, body.wall_clock_offset_ms
+        if isinstance(delay, msgspec.UnsetType) and isinstance(offset, msgspec.UnsetType):
+            raise ApiError.invalid(
+                "nothing to change: give `fsync_delay_ms`, `wall_clock_offset_ms` or both"
             )
-        return json_response(_faults_state(target))
+        before = self.faults_state(target)
+        if not isinstance(delay, msgspec.UnsetType):
+            target.sync_delay = delay / 1000
+            if delay != before.fsync_delay_ms:
+                logger.warning(
+                    "fault injection: journal fsync delay set to %d ms (was %d ms)",
+                    delay,
+                    before.fsync_delay_ms,
+                )
+        if not isinstance(offset, msgspec.UnsetType):
+            self.clock.offset = offset / 1000
+            if offset != before.wall_clock_offset_ms:
+                logger.warning(
+                    "fault injection: wall clock offset set to %+d ms (was %+d ms); leases "
+                    "and timeouts do not read the wall clock",
+                    offset,
+                    before.wall_clock_offset_ms,
+                )
+        return json_response(self.faults_state(target))
+
+    def faults_state(self, target: FaultTarget) -> FaultsResponse:
+        return FaultsResponse(
+            fsync_delay_ms=round(target.sync_delay * 1000),
+            wall_clock_offset_ms=round(self.clock.offset * 1000),
+        )
 
     # --------------------------------------------------------------- plain
 
@@ -792,15 +834,18 @@ def build_app(
     more_routes: Callable[[web.Application, Handlers], None] | None = None,
     metrics: CollectorRegistry | None = None,
     faults: FaultTarget | None = None,
+    clock: WallClock | None = None,
 ) -> web.Application:
     """The aiohttp application serving ``service``; every request ends within
     ``request_timeout`` seconds. ``more_routes`` adds routes that share the
     handlers' leader routing and error mapping (the data path's, ``data_api``).
     ``GET /metrics`` serves ``metrics`` (``master.metrics``; empty when None).
-    ``GET|PUT /debug/faults`` act on ``faults`` (fault tests only; 404 when None)."""
+    ``GET|PUT /debug/faults`` act on ``faults`` and on ``clock``'s offset (fault tests
+    only; 404 when ``faults`` is None). ``clock`` is the master's wall clock (a fresh
+    one when None): the mtimes this API stamps."""
     if not request_timeout > 0:
         raise ValueError(f"request_timeout must be positive, not {request_timeout}")
-    api = Handlers(service, request_timeout, faults)
+    api = Handlers(service, request_timeout, faults, clock)
     app = web.Application(middlewares=[api.errors_and_deadline])
     if more_routes is not None:
         more_routes(app, api)
@@ -870,10 +915,6 @@ def _deleted(value: Deleted) -> object:
 
 def _renamed(value: Renamed) -> object:
     return RenameResponse(replaced=value.replaced)
-
-
-def _faults_state(target: FaultTarget) -> FaultsResponse:
-    return FaultsResponse(fsync_delay_ms=round(target.sync_delay * 1000))
 
 
 def _member_id(text: str) -> int:

@@ -49,6 +49,7 @@ import aiohttp
 from aiohttp import web
 
 from quorumfs.raft import Config, ReadOnlyOption, bootstrap_log
+from quorumfs.runtime.clock import WallClock
 from quorumfs.runtime.node import NodeOptions, RaftNode
 from quorumfs.runtime.transport import RaftTransport
 from quorumfs.runtime.wal import DiskStorage
@@ -93,7 +94,8 @@ class MasterOptions:
     fsync: bool = True
     fault_injection: bool = False
     """Serve ``GET|PUT /debug/faults`` (admin token): fault tests slow this master's
-    journal fsync at run time. For fault tests only, never in production."""
+    journal fsync, or shift its wall clock, at run time. For fault tests only, never in
+    production."""
     data: DataOptions = field(default_factory=DataOptions)
     """Volume servers, placement and repair."""
 
@@ -301,6 +303,9 @@ async def run_master(
 ) -> None:
     """Run a master until ``stop`` is set (or SIGINT/SIGTERM)."""
     directory = _MasterDirectory(options.mdir)
+    # This master's one wall clock (runtime.clock): lease.log stamps, mtimes, token
+    # expiries; /debug/faults shifts it. Leases and timeouts read the monotonic clock.
+    clock = WallClock()
     identity, secret, storage, seed = await _prepare(options, directory)
     state = MasterStateMachine()
     stop = stop or asyncio.Event()
@@ -343,6 +348,7 @@ async def run_master(
             tick_interval=options.tick_interval,
             snapshot_every=options.snapshot_every,
             lease_log=directory.lease_log,
+            wall_clock=clock,
         ),
         metrics=metrics.node,
     )
@@ -354,6 +360,7 @@ async def run_master(
         leader_term=service.leader_term,
         masters=lambda: [m.http for m in sorted(state.members.values(), key=lambda m: m.id)],
         options=options.data,
+        clock=clock,
     )
     state.on_applied(data.on_applied)
     metrics.watch_data(data)
@@ -362,11 +369,13 @@ async def run_master(
         more_routes=add_data_routes(data),
         metrics=metrics.registry,
         faults=storage if options.fault_injection else None,
+        clock=clock,
     )
     if options.fault_injection:
         logger.warning(
             "fault injection is on (--fault-injection): PUT /debug/faults can slow this "
-            "master's journal; for fault tests only, never in production"
+            "master's journal or shift its wall clock; for fault tests only, never in "
+            "production"
         )
     runner = web.AppRunner(app, access_log=None)
     try:

@@ -20,9 +20,11 @@ the line is wrapped here)::
     2026-11-22T06:00:00.123456Z mono=5815.021337 node=2 term=7 event=lease-acquired
         leader=2 lease_ms=400 since_elected_ms=21
 
-- wall time (UTC, ISO 8601, microseconds) for people; ``mono``, seconds on
-  the monotonic clock (``time.monotonic``), is what lease timing uses:
-  compare ``mono`` values within one master's file (one boot of one host);
+- wall time (UTC, ISO 8601, microseconds) for people, from the master's
+  ``clock.WallClock`` (the host's clock, unless a fault test shifted it);
+  ``mono``, seconds on the monotonic clock (``time.monotonic``), is what lease
+  timing uses: compare ``mono`` values within one master's file (one boot of
+  one host);
 - ``node``, ``term`` (the term the event belongs to: a step-down carries
   the term that was led), ``event``, then the event's own fields:
 
@@ -96,7 +98,8 @@ class LeaseEvent:
 
 
 def format_line(event: LeaseEvent, wall: float) -> str:
-    """The event as one ``lease.log`` line (no newline); ``wall`` is ``time.time()``."""
+    """The event as one ``lease.log`` line (no newline); ``wall`` is seconds since the
+    epoch (``WallClock.time()``)."""
     stamp = datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     head = f"{stamp} mono={event.mono:.6f} node={event.node} term={event.term} event={event.event}"
     return " ".join([head, *(f"{key}={value}" for key, value in event.fields)])
@@ -243,7 +246,8 @@ class LeaseWatch:
 
 
 class LeaseLog:
-    """``LeaseWatch`` on the real clocks, writing to a rotated file at ``path``."""
+    """``LeaseWatch`` on the real clocks, writing to a rotated file at ``path``. ``mono``
+    times the events; ``wall`` (the master's ``WallClock.time``) only stamps the lines."""
 
     def __init__(
         self,

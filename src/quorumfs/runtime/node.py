@@ -52,6 +52,7 @@ from quorumfs.raft import (
     Status,
 )
 
+from .clock import WallClock
 from .lease_log import LeaseLog
 from .wal import DiskStorage
 
@@ -122,6 +123,9 @@ class NodeOptions:
     """Applied entries between two snapshots (the log before a snapshot is dropped)."""
     lease_log: Path | None = None
     """Where to write the lease log (``lease_log``); None: nowhere."""
+    wall_clock: WallClock | None = None
+    """The wall clock of the lease log's line stamps (the master's, which fault tests
+    may shift); None: the host's. Nothing else here reads a wall clock."""
 
 
 class RaftNode:
@@ -170,8 +174,9 @@ class RaftNode:
         """Replay the committed journal, then start ticking and processing."""
         self.replay()
         if self.options.lease_log is not None:
+            wall = self.options.wall_clock or WallClock()
             self._lease_log = LeaseLog(
-                self.options.lease_log, self.raw.raft, self.options.tick_interval
+                self.options.lease_log, self.raw.raft, self.options.tick_interval, wall=wall.time
             )
             self._lease_log.observe()
         self._tasks = [

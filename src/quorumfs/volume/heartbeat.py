@@ -37,6 +37,16 @@ Theory of operation (``HeartbeatLoop.beat``):
   answer naming another id than the stored one is refused (the heartbeat counts
   as failed, with a warning): this server belongs to another cluster, or its
   directory was copied.
+- Write tokens expire on the leader's wall clock, and this server judges them
+  by that clock, not its own (``leader_now_unix_ms``): every acknowledged
+  answer carries the leader's time (``leader_time_unix_ms``), and the loop
+  keeps ``leader_clock_offset_ms``, that time minus this server's wall clock
+  when the answer arrived (0 before the first, and after an answer without
+  it). A leader whose clock is an hour off thus neither fails every write
+  (401) nor makes tokens live an hour longer; this server's clock may jump
+  too, the next heartbeat measures the offset again. The offset trails the
+  leader by the answer's transit time, under one pulse: a token may live
+  that much longer, never less. A large change of the offset is a warning.
 - Tasks in an answer run in the background (``TaskRunner``): deletes as one
   batch with one fsync, copies two at a time, each from its sources in order,
   checked against the size and CRC-32C the leader gave. A copy that fails on
@@ -112,6 +122,9 @@ _MAX_PULSE: Final = 60.0
 """Bounds on the leader's ``pulse_ms``: neither a busy loop nor a server that seems dead."""
 _BODY_TIMEOUT: Final = 30.0
 """Seconds a streamed body may stall before the transfer is given up."""
+CLOCK_OFFSET_WARNING_MS: Final = 5_000
+"""A change of ``leader_clock_offset_ms`` by more than this (milliseconds) is logged as a
+warning: the leader's clock (or this server's) jumped, or another leader's differs."""
 
 
 class MasterLink(Protocol):
@@ -565,6 +578,9 @@ class HeartbeatLoop:
         """(master, term) of the last acknowledged heartbeat."""
         self._last_ack: float | None = None
         """``time.monotonic()`` of the last acknowledged heartbeat."""
+        self.leader_clock_offset_ms = 0
+        """The leader's wall clock minus this server's, in milliseconds, as the last
+        acknowledged heartbeat found it (0 before the first): ``leader_now_unix_ms``."""
         self._failures = 0
         """Heartbeats failed in a row."""
         self.acknowledged_total = 0
@@ -580,6 +596,12 @@ class HeartbeatLoop:
     @property
     def full_report_due(self) -> bool:
         return self._full_needed
+
+    def leader_now_unix_ms(self) -> int:
+        """The time on the leader's wall clock (ms since the epoch), as far as this server
+        knows it: its own clock plus ``leader_clock_offset_ms``. Write tokens' expiries
+        are checked against this."""
+        return time.time_ns() // 1_000_000 + self.leader_clock_offset_ms
 
     def since_acknowledged(self) -> float | None:
         """Seconds since the last acknowledged heartbeat; None before the first."""
@@ -629,9 +651,10 @@ class HeartbeatLoop:
         except OSError as exc:
             self._failed(str(exc) or type(exc).__name__)
             return False
+        received_ms = time.time_ns() // 1_000_000
         if not await self._register(answer.volume_id):
             return False
-        self._acknowledged(answer)
+        self._acknowledged(answer, received_ms)
         if answer.need_full_report:
             self._full_needed = True
         else:
@@ -670,7 +693,7 @@ class HeartbeatLoop:
         logger.info("registered with the masters as volume server %d (%s)", volume_id, self.address)
         return True
 
-    def _acknowledged(self, answer: HeartbeatResponse) -> None:
+    def _acknowledged(self, answer: HeartbeatResponse, received_ms: int) -> None:
         if self._failures:
             logger.info("heartbeats reach the leader again (%d failed in a row)", self._failures)
         self._failures = 0
@@ -684,6 +707,20 @@ class HeartbeatLoop:
             self.pulse = min(max(answer.pulse_ms / 1000, _MIN_PULSE), _MAX_PULSE)
         if self._masters is not None and answer.masters:
             self._masters.learn(answer.masters)
+        self._leader_clock(answer.leader_time_unix_ms, received_ms)
+
+    def _leader_clock(self, leader_ms: int | None, received_ms: int) -> None:
+        """Keep the leader's clock offset from an answer received at ``received_ms``
+        (this server's wall clock); an answer without the leader's time means 0."""
+        offset = 0 if leader_ms is None else leader_ms - received_ms
+        previous, self.leader_clock_offset_ms = self.leader_clock_offset_ms, offset
+        if abs(offset - previous) > CLOCK_OFFSET_WARNING_MS:
+            logger.warning(
+                "the leader's wall clock is %+.1f s from this server's (was %+.1f s); write "
+                "tokens are judged by the leader's clock",
+                offset / 1000,
+                previous / 1000,
+            )
 
     def _failed(self, reason: str) -> None:
         """A heartbeat that did not get through: warn once per outage, not every pulse."""
@@ -716,4 +753,5 @@ class HeartbeatLoop:
                 else round((time.monotonic() - self._last_ack) * 1000)
             ),
             writable=self.store.writable,
+            leader_clock_offset_ms=self.leader_clock_offset_ms,
         )

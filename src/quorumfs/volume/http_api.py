@@ -12,10 +12,12 @@ Theory of operation:
 
 - ``PUT /chunks/{id}`` needs a write token for this chunk on this server, so
   nothing is written before the server is registered (503 ``EAGAIN`` until the
-  first heartbeat is answered). A small body (up to ``SMALL_BODY``, 1 MiB) is
-  read on the event loop (within ``body_timeout``) and handed to
-  ``ChunkStore.write_chunk`` in one worker-thread call. A larger one is
-  streamed into it in a worker thread, 1 MiB at a time
+  first heartbeat is answered). Its expiry is judged by the leader's wall clock
+  (``HeartbeatLoop.leader_now_unix_ms``: this server's plus the offset the last
+  heartbeat answer showed), not this server's. A small body (up to
+  ``SMALL_BODY``, 1 MiB) is read on the event loop (within ``body_timeout``)
+  and handed to ``ChunkStore.write_chunk`` in one worker-thread call. A larger
+  one is streamed into it in a worker thread, 1 MiB at a time
   (``heartbeat.StreamSource``): a 64 MiB chunk is never held in memory. The
   answer is 201 only once the chunk is durable; on any error nothing is stored.
 - ``GET /chunks/{id}`` runs the whole read in one worker thread: it opens the
@@ -157,9 +159,9 @@ class _Api:
                 f"a chunk write needs the write token from /v1/fs/allocate in {TOKEN_HEADER}", path
             )
         try:
-            self.key.verify(
-                token, chunk_id=chunk_id, volume_id=volume_id, now_unix_ms=int(time.time() * 1000)
-            )
+            # Judged by the leader's clock (the tokens' clock), not this server's.
+            now = self.heart.leader_now_unix_ms()
+            self.key.verify(token, chunk_id=chunk_id, volume_id=volume_id, now_unix_ms=now)
         except TokenError as exc:
             raise _unauthorized(str(exc), path) from None
         size = request.content_length
