@@ -52,6 +52,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
+from model import DirInput, DirModel, DirOutput, Rename, RenameOk
 from network import Network
 from procs import DataCluster, HttpError, Master, http, wait_for
 
@@ -68,19 +69,7 @@ from quorumfs.client import (
     Unavailable,
     WriteFailed,
 )
-from quorumfs.verify.linearizability import (
-    Cas,
-    CasOk,
-    Get,
-    GetOk,
-    KVInput,
-    KVModel,
-    KVOutput,
-    Operation,
-    Put,
-    PutOk,
-    check,
-)
+from quorumfs.verify.linearizability import Cas, CasOk, Get, GetOk, Operation, Put, PutOk, check
 
 CHUNK = 1024
 """Chunk size of the model's puts: small, so a file has several chunks to tear."""
@@ -108,6 +97,7 @@ FAULT_KINDS = (
     "partition-leader-out",
     "partition-leader-in",
     "slow-fsync",
+    "clock-jump",
     "replace-follower",
 )
 """Every kind the schedule draws from; ``network.py`` explains how partitions are made."""
@@ -116,8 +106,10 @@ PARTITION_HOLD = (1.0, 4.0)
 majority to elect, short enough for TCP's retransmission backoff to recover quickly."""
 FSYNC_DELAY_MS = (50, 400)
 """A slow disk: every journal fsync of the chosen master takes this much longer."""
+CLOCK_JUMP_S = (30.0, 7200.0)
+"""How far a master's wall clock jumps, forward or back (leases count monotonic ticks)."""
 
-Kind = Literal["put", "read", "create"]
+Kind = Literal["put", "read", "create", "rename"]
 Outcome = Literal["ok", "failed", "unknown"]
 
 
@@ -171,25 +163,29 @@ class Record:
     kind: Kind
     key: str
     value: str | None
-    """Written (put), read (read; None = missing), or None (create)."""
+    """Written (put), read (read; None = missing), the destination (rename), or None
+    (create)."""
     call: float
     ret: float = math.inf
     outcome: Outcome = "unknown"
     swapped: bool | None = None
-    """create: whether it created the file."""
+    """create: whether it created the file; rename: whether it moved one."""
     error: str = ""
 
-    def operation(self) -> Operation[KVInput, KVOutput] | None:
+    def operation(self) -> Operation[DirInput, DirOutput] | None:
         """The checker's view; None for an operation that tells nothing (failed)."""
         if self.outcome == "failed":
             return None
-        inp: KVInput
-        out: KVOutput
+        inp: DirInput
+        out: DirOutput
         if self.kind == "put":
             assert self.value is not None
             inp, out = Put(self.key, self.value), PutOk()
         elif self.kind == "read":
             inp, out = Get(self.key), GetOk(self.value)
+        elif self.kind == "rename":
+            assert self.value is not None
+            inp, out = Rename(self.key, self.value), RenameOk(bool(self.swapped))
         else:
             inp, out = Cas(self.key, None, ""), CasOk(bool(self.swapped))
         if self.outcome == "unknown":
@@ -202,6 +198,7 @@ class Record:
             "put": f"put {self.value}",
             "read": f"read -> {self.value!r}",
             "create": f"create-excl -> {'created' if self.swapped else 'exists'}",
+            "rename": f"mv -> {self.value}: {'moved' if self.swapped else 'not found'}",
         }[self.kind]
         if self.outcome != "ok":
             what = f"{self.kind} {self.value or ''} {self.outcome.upper()} ({self.error})"
@@ -213,8 +210,8 @@ def classify(
 ) -> tuple[Outcome | Literal["missing", "exists"], str]:
     """What an exception says about the operation's effect (see the module docstring).
 
-    ``"missing"``: a read that found no file; ``"exists"``: a create-exclusive that found
-    the file. Both are definite answers (ok operations), not failures.
+    ``"missing"``: a read or a rename that found no file; ``"exists"``: a create-exclusive
+    that found the file. Both are definite answers (ok operations), not failures.
     """
     name = f"{type(error).__name__}: {str(error)[:120]}"
     if kind == "read":
@@ -225,11 +222,13 @@ def classify(
         return "unknown", name
     if kind == "create" and isinstance(error, AlreadyExists):
         return "exists", name  # O_EXCL is never retried, so this is the first answer
+    if kind == "rename" and isinstance(error, NotFound):
+        return "missing", name  # never retried either: the source was absent
     if isinstance(error, NotFound | Conflict | AlreadyExists | InvalidArgument):
         return "failed", name
     if isinstance(error, WriteFailed):
         return "failed", name  # "Nothing was committed: the file is as it was."
-    if isinstance(error, Unavailable) and kind == "create":
+    if isinstance(error, Unavailable) and kind in ("create", "rename"):
         # A write that is not safe to repeat raises Unavailable only if never sent.
         return "failed", name
     # OutcomeUnknown, Unavailable of a put (its commit is retried: an earlier attempt
@@ -261,6 +260,9 @@ class Nemesis:
         self.rng = rng
         self.paused: list[Master] = []
         self.slowed: set[Master] = set()
+        self.skewed: set[Master] = set()
+        self.clock_anomalies: list[str] = []
+        """Leadership lost while wall clocks jumped (leases must not care)."""
         self.faults: list[Fault] = []
 
     async def leader(self, timeout: float = 15.0) -> Master:
@@ -311,6 +313,8 @@ class Nemesis:
             self.slowed.discard(master)
             role = "leader" if master is leader else "follower"
             return f"fsync of {role} {master.address} {delay} ms slower for {hold:.1f} s"
+        if kind == "clock-jump":
+            return await self._clock_jump(leader, followers, hold)
         if kind == "replace-follower":
             return await asyncio.to_thread(self._replace, leader, self.rng.choice(followers))
         if kind == "kill-follower":
@@ -375,10 +379,36 @@ class Nemesis:
             await asyncio.to_thread(net.heal)
         return f"{what}, healed after {hold:.1f} s"
 
-    def set_fsync_delay(self, master: Master, delay_ms: int) -> None:
+    async def _clock_jump(self, leader: Master, followers: list[Master], hold: float) -> str:
+        """Jump every master's wall clock by its own amount, forward or back, then back to
+        true. Leases must not care: the leader keeps its term throughout (checked)."""
+        jumps = {
+            m: round(self.rng.choice((-1, 1)) * self.rng.uniform(*CLOCK_JUMP_S) * 1000)
+            for m in (leader, *followers)
+        }
+        term = int(leader.status()["term"])
+        for master, offset in jumps.items():
+            await asyncio.to_thread(self.set_faults, master, wall_clock_offset_ms=offset)
+            self.skewed.add(master)
+        await asyncio.sleep(hold)
+        for master in jumps:
+            await asyncio.to_thread(self.set_faults, master, wall_clock_offset_ms=0)
+            self.skewed.discard(master)
+        after = await asyncio.to_thread(leader.status)
+        if after["role"] != "LEADER" or int(after["term"]) != term:
+            self.clock_anomalies.append(
+                f"LEADERSHIP CHANGED DURING A CLOCK JUMP: {leader.address} led in term {term}; "
+                f"after the jump it is {after['role']} in term {after['term']}"
+            )
+        shown = ", ".join(f"{m.address} {o / 1000:+.0f} s" for m, o in jumps.items())
+        return f"wall clocks jumped ({shown}; the leader first) for {hold:.1f} s"
+
+    def set_faults(self, master: Master, **faults: int) -> None:
         headers = {"Authorization": f"Bearer {master.admin_token()}"}
-        body = {"fsync_delay_ms": delay_ms}
-        http("PUT", master.address, "/debug/faults", body, timeout=10, headers=headers)
+        http("PUT", master.address, "/debug/faults", faults, timeout=10, headers=headers)
+
+    def set_fsync_delay(self, master: Master, delay_ms: int) -> None:
+        self.set_faults(master, fsync_delay_ms=delay_ms)
 
     def _replace(self, leader: Master, follower: Master) -> str:
         """Remove a follower from the group, wipe it, and let it join again as a new member
@@ -418,6 +448,10 @@ class Nemesis:
             with contextlib.suppress(OSError, HttpError):
                 self.set_fsync_delay(master, 0)
             self.slowed.discard(master)
+        for master in list(self.skewed):
+            with contextlib.suppress(OSError, HttpError):
+                self.set_faults(master, wall_clock_offset_ms=0)
+            self.skewed.discard(master)
         for master in self.cluster.masters:
             if not master.alive:
                 master.start()
@@ -455,8 +489,12 @@ class RunResult:
         return [a for r in self.rounds for a in r.anomalies]
 
 
+def _renamed_to(record: Record) -> str | None:
+    return record.value if record.kind == "rename" else None
+
+
 def _around(records: list[Record], key: str, t0: float, at: float | None, n: int = 12) -> str:
-    mine = sorted((r for r in records if r.key == key), key=lambda r: r.call)
+    mine = sorted((r for r in records if key in (r.key, _renamed_to(r))), key=lambda r: r.call)
     if at is not None:
         mine.sort(key=lambda r: abs(r.call - at))
         mine = sorted(mine[: 2 * n], key=lambda r: r.call)
@@ -482,8 +520,19 @@ async def _client_loop(
         key = f"{root}/e{epoch}-k{rng.randrange(KEYS)}"
         keys.add(key)
         roll = rng.random()
-        kind: Kind = "put" if roll < 0.45 else "read" if roll < 0.85 else "create"
+        kind: Kind = (
+            "put"
+            if roll < 0.4
+            else "read"
+            if roll < 0.75
+            else "create"
+            if roll < 0.88
+            else "rename"
+        )
         value = f"c{n}-{i}" if kind == "put" else None
+        if kind == "rename":
+            others = [k for k in range(KEYS) if f"-k{k}" != key[key.rindex("-k") :]]
+            value = f"{root}/e{epoch}-k{rng.choice(others)}"
         record = Record(n, kind, key, value, time.monotonic())
         records.append(record)
         try:
@@ -493,6 +542,10 @@ async def _client_loop(
             elif kind == "read":
                 data = await asyncio.wait_for(client.read(key), OP_TIMEOUT)
                 record.value = decode(data)
+            elif kind == "rename":
+                assert value is not None
+                await asyncio.wait_for(client.mv(key, value), OP_TIMEOUT)
+                record.swapped = True
             else:
                 await asyncio.wait_for(client.create(key, exclusive=True), OP_TIMEOUT)
                 record.swapped = True
@@ -503,7 +556,9 @@ async def _client_loop(
             torn.append(f"torn read of {key} by client {n}: {error}")
         except (QuorumfsError, OSError, TimeoutError) as error:
             verdict, record.error = classify(kind, error)
-            if verdict == "missing":
+            if verdict == "missing" and kind == "rename":
+                record.ret, record.outcome, record.swapped = time.monotonic(), "ok", False
+            elif verdict == "missing":
                 record.ret, record.outcome, record.value = time.monotonic(), "ok", None
             elif verdict == "exists":
                 record.ret, record.outcome, record.swapped = time.monotonic(), "ok", False
@@ -633,7 +688,7 @@ async def run_round(
     result = RoundResult(index, seed, t0, records, nemesis.faults, anomalies, keys=len(keys))
     if anomalies:
         return result
-    anomalies += torn
+    anomalies += torn + nemesis.clock_anomalies
 
     # Healing: a leader, every volume server writable, every file readable, within a bound.
     heal_deadline = faults_end + HEAL_BOUND
@@ -654,16 +709,19 @@ async def run_round(
     if unreadable:
         return result
     result.heal_seconds = time.monotonic() - faults_end
+    # A file a rename touched may hold a value put under another name: the checker (which
+    # sees renames and the final reads) judges those; the direct check, the others.
+    renamed = {k for r in records if r.kind == "rename" for k in (r.key, r.value)}
     for key, value in finals.items():
         final = Record(-1, "read", key, value, times[key], time.monotonic(), "ok")
         records.append(final)
-        lost = _lost_writes(records, key, value)
+        lost = None if key in renamed else _lost_writes(records, key, value)
         if lost:
             anomalies.append(f"LOST WRITE: {lost}\n{_around(records, key, t0, None)}")
 
     # Linearizability, file by file.
     history = [op for r in records if (op := r.operation()) is not None]
-    model = KVModel()
+    model = DirModel()
     verdict = await asyncio.to_thread(check, model, history, max_steps=CHECK_STEPS)
     if verdict.ok is not True:
         key = verdict.failing[0].input.key if verdict.failing else "?"
@@ -687,7 +745,7 @@ def render_round(r: RoundResult) -> str:
         "  operations: "
         + ", ".join(
             f"{k} {counts[f'{k}:{o}']} {o}"
-            for k in ("put", "read", "create")
+            for k in ("put", "read", "create", "rename")
             for o in ("ok", "failed", "unknown")
         ),
         "  faults (seconds since the round's start):",
