@@ -41,9 +41,11 @@ import json
 import logging
 import secrets
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import aiohttp
 from aiohttp import web
@@ -59,7 +61,7 @@ from quorumfs.tokens import MIN_SECRET_BYTES, SECRET_ENV
 from .contract import RAFT_PORT_OFFSET
 from .data_api import add_data_routes
 from .data_service import DataOptions, DataService
-from .http_api import build_app
+from .http_api import RETRY_AFTER_MS_HEADER, build_app
 from .metrics import MasterMetrics
 from .service import RaftMasterService
 from .state_machine import MasterStateMachine, MemberAddresses
@@ -214,31 +216,80 @@ class _MasterDirectory:
         return secret.encode()
 
 
+JOIN_PATIENCE: Final = 30.0
+"""Seconds a joining master keeps asking while the group has no leader or is unreachable."""
+JOIN_PAUSE: Final = 0.5
+"""Seconds between two rounds of asking, unless a master hints otherwise."""
+
+
 async def _join(
     options: MasterOptions, peers: list[str], token: str
 ) -> tuple[int, list[dict[str, object]]]:
-    """Ask a running group to add this master; returns its id and the members."""
-    body = {"http": options.http_address, "raft": options.raft_address, "voter": True}
-    headers = {"Authorization": f"Bearer {token}"}
-    errors = []
+    """Ask a running group to add this master; returns its id and the members.
+
+    The masters are asked in turn, in rounds, for up to ``JOIN_PATIENCE`` seconds: a
+    503 (an election under way, no quorum yet) or an unreachable master means "ask again
+    shortly"; any other refusal ends the join at once. A request whose answer was lost
+    may have been applied: then a later round is told the address is taken (409), and a
+    member with exactly this master's addresses is this master's earlier request, so its
+    id is adopted. A member with those addresses found before any request may have been
+    applied is another master's (a stale entry to remove first): that stays a refusal.
+    """
+    me = (options.http_address, options.raft_address)
+    body = {"http": me[0], "raft": me[1], "voter": True}
+    errors: list[str] = []
+    maybe_applied = False
+    deadline = time.monotonic() + JOIN_PATIENCE
     timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        for peer in peers:
-            try:
-                async with session.post(
-                    f"http://{peer}/cluster/members", json=body, headers=headers
-                ) as response:
-                    payload = await response.json(content_type=None)
-                    if response.status != 201:
-                        error = payload.get("error", {}) if isinstance(payload, dict) else {}
-                        errors.append(f"{peer}: {response.status} {error.get('message', payload)}")
-                        continue
-                async with session.get(f"http://{peer}/cluster/members") as response:
-                    members = (await response.json())["members"]
-                return int(payload["id"]), list(members)
-            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
-                errors.append(f"{peer}: {error or type(error).__name__}")
-    raise MasterStartupError("could not join the group: " + "; ".join(errors))
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+        while True:
+            hints: list[float] = []  # the masters' X-Quorumfs-Retry-After-Ms, in seconds
+            for peer in peers:
+                try:
+                    async with session.post(f"http://{peer}/cluster/members", json=body) as answer:
+                        payload = await answer.json(content_type=None)
+                        status, hint = answer.status, answer.headers.get(RETRY_AFTER_MS_HEADER)
+                    if status == 201:
+                        maybe_applied = True  # if reading the members fails, ask again
+                        return int(payload["id"]), await _members(session, peer)
+                    error = payload.get("error", {}) if isinstance(payload, dict) else {}
+                    reason = f"{peer}: {status} {error.get('message', payload)}"
+                    if status == 409 and maybe_applied:
+                        members = await _members(session, peer)
+                        mine = [m for m in members if (m.get("http"), m.get("raft")) == me]
+                        if mine:
+                            return int(str(mine[0]["id"])), members
+                        # Not there yet on this master (it applies a moment after the
+                        # leader): ask again.
+                    elif status != 503:
+                        raise MasterStartupError(f"could not join the group: {reason}")
+                    # EAGAIN: no leader, nothing was done; any other 503 (ETIMEDOUT) may
+                    # have been applied.
+                    maybe_applied = maybe_applied or error.get("code") != "EAGAIN"
+                    if hint is not None and hint.isdigit():
+                        hints.append(min(max(int(hint) / 1000, 0.05), JOIN_PAUSE * 4))
+                except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
+                    # Unreachable (never sent), or the answer was lost (maybe applied).
+                    sent = not isinstance(error, aiohttp.ClientConnectorError)
+                    maybe_applied = maybe_applied or sent
+                    reason = f"{peer}: {error or type(error).__name__}"
+                errors.append(reason)
+                logger.info("joining: %s; asking again", reason)
+            pause = min(hints, default=JOIN_PAUSE)
+            if time.monotonic() + pause > deadline:
+                raise MasterStartupError(
+                    f"could not join the group within {JOIN_PATIENCE:g} s: "
+                    + "; ".join(errors[-len(peers) :])
+                )
+            await asyncio.sleep(pause)
+
+
+async def _members(session: aiohttp.ClientSession, peer: str) -> list[dict[str, object]]:
+    async with session.get(f"http://{peer}/cluster/members") as response:
+        response.raise_for_status()
+        members: list[dict[str, object]] = (await response.json())["members"]
+    return members
 
 
 async def _prepare(
