@@ -34,7 +34,7 @@ from quorumfs.client import (
     TransferPolicy,
     WriteFailed,
 )
-from quorumfs.master.commands import CommitContent
+from quorumfs.master.commands import CommitContent, Rename
 from quorumfs.wire import CommitRequest
 
 KIB = 1024
@@ -658,6 +658,31 @@ def test_a_put_whose_commit_was_applied_then_replaced_is_not_applied_again() -> 
         assert commits == 2
         assert stat.size == 0  # the file as it is now: the other writer's
         assert await client.read("/f") == b""
+
+    with_cluster(test)
+
+
+def test_a_put_whose_commit_was_applied_then_renamed_away_says_the_file_changed() -> None:
+    """As above, but a rename moves the file between the attempts: the retry names chunks
+    another file holds (ESTALE) and there is no file at the path to describe, so the put
+    raises ``FileChanged`` (applied, then moved) rather than a refusal that says nothing
+    was written (found by the nemesis)."""
+
+    async def test(cluster: DataCluster, client: AsyncMasterClient) -> None:
+        commits = 0
+
+        async def renamed_in_between(body: CommitRequest) -> None:
+            nonlocal commits
+            commits += 1
+            if commits == 2:
+                cluster.leader.namespace.apply(Rename(src="/f", dst="/g")).unwrap()
+
+        cluster.leader.drop_commits = ["after"]
+        cluster.leader.before_commit = renamed_in_between
+        with pytest.raises(FileChanged) as raised:
+            await client.put("/f", b"first")
+        assert raised.value.code == "ESTALE" and raised.value.retried_after_unknown
+        assert await client.read("/g") == b"first"
 
     with_cluster(test)
 

@@ -234,7 +234,7 @@ ENOENT, EEXIST, ENOTDIR, EISDIR = (
     ErrorCode.EISDIR,
 )
 ENOTEMPTY, EINVAL, ECONFLICT = ErrorCode.ENOTEMPTY, ErrorCode.EINVAL, ErrorCode.ECONFLICT
-ENAMETOOLONG = ErrorCode.ENAMETOOLONG
+ENAMETOOLONG, ESTALE = ErrorCode.ENAMETOOLONG, ErrorCode.ESTALE
 
 
 def case(
@@ -362,7 +362,7 @@ REFUSALS = [
     case(
         "commit-chunk-of-another-file",
         commit("/notes", bad_chunk(chunk_id=1)),
-        EINVAL,
+        ESTALE,
         says="chunk 1 belongs to inode",
     ),
     case(
@@ -1416,7 +1416,7 @@ def test_commit_with_create_refuses_another_files_chunk(ns: Namespace) -> None:
     command = CommitContent(
         path="/docs/new", chunks=(chunk(3, 0, 7),), size=7, mtime=1, create=True
     )
-    assert refuse(ns, command).code is ErrorCode.EINVAL
+    assert refuse(ns, command).code is ErrorCode.ESTALE
 
 
 def test_a_kept_chunk_keeps_its_current_replicas(ns: Namespace) -> None:

@@ -315,11 +315,15 @@ class DataPath:
         except FileChanged as stale:
             if not stale.retried_after_unknown:
                 raise
-            # A retry after a lost answer names chunks released since: the first attempt
-            # was applied and another write has replaced it. The put took effect then;
-            # re-committing them would point the file at deleted chunks.
+            # A retry after a lost answer names chunks released since, or held by another
+            # file: the first attempt was applied, and another write has replaced it or a
+            # rename has moved it. The put took effect then; committing them again would
+            # point the file at deleted chunks, or two files at one chunk.
             logger.debug("%s: the commit was applied before its answer was lost", path)
-            return await self._masters.stat(path)
+            try:
+                return await self._masters.stat(path)
+            except NotFound:
+                raise stale from None  # applied, then renamed away: no Stat to give
 
     def iter_read(
         self, path: str, offset: int = 0, length: int | None = None

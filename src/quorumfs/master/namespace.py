@@ -35,7 +35,9 @@ Semantics worth knowing:
   be committed again. The namespace remembers the newest ``RELEASED_MEMORY`` of
   them and refuses a commit naming one (ESTALE): that is how a put's commit,
   repeated by a client whose first answer was lost, cannot bring back chunks
-  that another write replaced and the volume servers deleted since.
+  that another write replaced and the volume servers deleted since. A commit
+  naming a chunk another file holds is refused with ESTALE too: that file is
+  the same commit's first attempt, renamed since.
 
 Memory (target: at most 1 KiB of master RSS per file at 10**6 files): one
 compact struct per inode, untracked by the garbage collector (no cycle is
@@ -851,11 +853,15 @@ class Namespace:
             )
         holder = self._chunk_inode.get(chunk_id, inode_id)
         if holder != inode_id:
+            # Chunk ids go to one writer, so another file holding this one means this
+            # commit was applied once and the file has moved (a rename) since.
             _refuse(
-                ErrorCode.EINVAL,
+                ErrorCode.ESTALE,
                 path,
                 doing,
-                f"chunk {chunk_id} belongs to inode {holder}; a chunk is part of one file only",
+                f"chunk {chunk_id} belongs to inode {holder}; a chunk is part of one file "
+                "only (this commit was applied once, and that file was renamed or replaced "
+                "since)",
             )
         for volume_id in chunk.volume_ids:
             if not 1 <= volume_id < self._next_volume_id:
