@@ -141,6 +141,28 @@ def test_masters_are_added_one_at_a_time_then_one_removed(cluster: Cluster) -> N
     assert any("even number" in w for w in cluster.leader().status()["warnings"])
 
 
+def test_a_joined_master_restarted_at_once_hears_the_leader_again(cluster: Cluster) -> None:
+    """Found by the nemesis: a master killed soon after it joined came back with the
+    group's entries in its journal but no commit index covering them, so no membership:
+    it refused every peer's connection ("not a member") and never heard a leader again.
+    It now keeps the group it joined (seed.json) until its journal's membership applies."""
+    leader = cluster.leader()
+    mkdir(leader, "/before")
+    fourth = cluster.add(via=cluster.masters[1])
+    fourth.kill()
+    mkdir(cluster.leader(), "/while-down")
+    fourth.start()
+    fourth.wait_serving()
+
+    def hears_the_leader() -> bool:
+        status = fourth.status()
+        return bool(status["leader_http"]) and status["leader_http"] == cluster.leader().address
+
+    wait_for(hears_the_leader, "the restarted master to hear the leader")
+    wait_for(lambda: names(fourth) == ["before", "while-down"], "the namespace on it")
+    assert "which is not a member" not in fourth.log_text().split("serving")[-1]
+
+
 def test_admin_requests_need_the_token(cluster: Cluster) -> None:
     leader = cluster.leader()
     with pytest.raises(HttpError) as refused:

@@ -3,6 +3,10 @@
 The master directory (``--mdir``) holds::
 
     identity.json   this master's node id and addresses: written once, then sticky
+    seed.json       a joining master's first view of the group (ids and Raft addresses):
+                    its peers after a restart until its journal's membership is applied
+                    (its journal may hold the group's entries without knowing they are
+                    committed, and without peers it would refuse the leader's connections)
     cluster.secret  the group's shared secret (mode 0600): authenticates Raft peers
     admin.token     derived from the secret (mode 0600): authorises admin requests
     journal/        the Raft journal (quorumfs.runtime.wal)
@@ -166,6 +170,7 @@ class _MasterDirectory:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.identity_file = path / "identity.json"
+        self.seed_file = path / "seed.json"
         self.secret_file = path / "cluster.secret"
         self.journal = path / "journal"
         self.lease_log = path / "lease.log"
@@ -187,6 +192,22 @@ class _MasterDirectory:
             {"node_id": identity.node_id, "http": identity.http, "raft": identity.raft}
         )
         _write_private(self.identity_file, text + "\n")
+
+    def seed(self) -> list[tuple[int, str]]:
+        """The group as a joining master first saw it (``[]`` for a founding master)."""
+        if not self.seed_file.exists():
+            return []
+        try:
+            return [(int(m["id"]), str(m["raft"])) for m in json.loads(self.seed_file.read_text())]
+        except (ValueError, KeyError, TypeError) as error:
+            raise MasterStartupError(
+                f"{self.seed_file} is unreadable ({error}); restore it, or start this master "
+                "afresh with an empty directory and re-add it"
+            ) from error
+
+    def save_seed(self, seed: list[tuple[int, str]]) -> None:
+        text = json.dumps([{"id": member_id, "raft": raft} for member_id, raft in seed])
+        atomic_write(self.seed_file, text.encode() + b"\n", Durability())
 
     def secret(self, given: str | None, *, generate: bool) -> bytes:
         stored = self.secret_file.read_text().strip() if self.secret_file.exists() else None
@@ -303,7 +324,8 @@ async def _prepare(
         if peers:
             logger.info("membership is kept in the journal: --peers is ignored on restart")
         secret = directory.secret(options.secret, generate=False)
-        return identity, secret, DiskStorage.open(directory.journal, fsync=options.fsync), []
+        storage = DiskStorage.open(directory.journal, fsync=options.fsync)
+        return identity, secret, storage, directory.seed()
 
     me_http, me_raft = options.http_address, options.raft_address
     if not peers or peers == [me_http]:  # a group of one
@@ -340,8 +362,9 @@ async def _prepare(
     node_id, members = await _join(options, peers, admin_token_for(secret))
     identity = _Identity(node_id, me_http, me_raft)
     storage = DiskStorage.open(directory.journal, fsync=options.fsync)
-    directory.save_identity(identity)
     seed = [(int(str(m["id"])), str(m["raft"])) for m in members if int(str(m["id"])) != node_id]
+    directory.save_seed(seed)  # before the identity: a restart must find both
+    directory.save_identity(identity)
     logger.info("joined the group as master %d (learner until caught up)", node_id)
     return identity, secret, storage, seed
 
