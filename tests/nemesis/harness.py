@@ -754,6 +754,12 @@ def render_round(r: RoundResult) -> str:
     errors = Counter(rec.error.split(":")[0] for rec in r.records if rec.error)
     if errors:
         lines.append("  error answers: " + ", ".join(f"{k} {v}" for k, v in errors.most_common()))
+        rare = {k for k in errors if k not in ("AlreadyExists", "NotFound")}  # the expected ones
+        for rec in r.records:  # the first of each other kind, for the reader
+            kind = rec.error.split(":")[0]
+            if kind in rare:
+                rare.discard(kind)
+                lines.append(f"    e.g. {rec.kind} {rec.error[:200]}")
     if r.anomalies:
         lines.append(f"  ANOMALIES ({len(r.anomalies)}); the first:")
         lines += [f"  {line}" for line in r.anomalies[0].splitlines()]
