@@ -870,7 +870,14 @@ class DataPath:
             ) from None
         except QuorumfsError:
             return  # cannot tell: the caller reports the chunk as unavailable
-        if (now.inode, now.version) != (content.inode, content.version):
+        if now.inode != content.inode:
+            raise FileChanged(
+                f"{path} was replaced by another file while it was being read (inode "
+                f"{content.inode} became {now.inode}, and the old file's chunks are gone); "
+                "read it again",
+                path=path,
+            )
+        if now.version != content.version:
             raise FileChanged(
                 f"{path} changed while it was being read (version {content.version} became "
                 f"{now.version}, and the old version's chunks are gone); read it again",
