@@ -92,6 +92,7 @@ class FakeService:
                 raft=m.raft,
                 role=m.role,
                 voter=m.voter,
+                promote=m.promote,
                 match_index=40 + m.id if self.progress else None,
                 last_contact_ms=5 * m.id if self.progress else None,
             )
@@ -121,7 +122,12 @@ class FakeService:
                 raise RejectedError(f"{http} conflicts with member {m.id}", status=409)
         self.added.append((http, raft, voter))
         member = MemberInfo(
-            id=len(self.members) + 1, http=http, raft=raft, role=MemberRole.LEARNER, voter=False
+            id=len(self.members) + 1,
+            http=http,
+            raft=raft,
+            role=MemberRole.LEARNER,
+            voter=False,
+            promote=voter,
         )
         self.members.append(member)
         return member
@@ -296,6 +302,26 @@ def test_members_table_with_warnings(serve: Serve) -> None:
     assert cells[0] == ["1", "LEADER", "10.0.0.1:9333", "10.0.0.1:19333", "41", "5 ms ago"]
     assert cells[3] == ["4", "LEARNER", "10.0.0.4:9333", "10.0.0.4:19333", "44", "20 ms ago"]
     assert lines[-1] == "warning: 4 voters: an even number tolerates no more failures"
+
+
+def test_members_table_shows_a_learner_to_be_promoted(serve: Serve) -> None:
+    service = FakeService()
+    for member_id, promote in ((4, False), (5, True)):
+        service.members.append(
+            MemberInfo(
+                id=member_id,
+                http=f"10.0.0.{member_id}:9333",
+                raft=f"10.0.0.{member_id}:19333",
+                role=MemberRole.LEARNER,
+                voter=False,
+                promote=promote,
+            )
+        )
+    result = cli("cluster", "members", "--master", serve(service))
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│")[1:-1] for line in result.stdout.splitlines() if "10.0.0." in line]
+    roles = {row[0].strip(): row[1].strip() for row in rows}
+    assert (roles["4"], roles["5"]) == ("LEARNER", "LEARNER (to be voter)")
 
 
 def test_members_asks_the_leader_for_progress(serve: Serve) -> None:

@@ -6,8 +6,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from procs import Cluster, HttpError, Master, free_port_pair, http, wait_for
@@ -30,6 +32,11 @@ def mkdir(master: Master, path: str) -> None:
 def names(master: Master, path: str = "/") -> list[str]:
     listing = http("GET", master.address, f"/v1/fs/list?path={path}")
     return [entry["name"] for entry in listing["entries"]]
+
+
+def members(master: Master) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = http("GET", master.address, "/cluster/members")["members"]
+    return result
 
 
 def test_three_masters_elect_one_leader_and_report_it_everywhere(cluster: Cluster) -> None:
@@ -139,6 +146,52 @@ def test_masters_are_added_one_at_a_time_then_one_removed(cluster: Cluster) -> N
     members = cluster.leader().status()["members"]
     assert len(members) == 4
     assert any("even number" in w for w in cluster.leader().status()["warnings"])
+
+
+def test_a_master_added_just_before_the_leader_dies_is_promoted_by_the_next(
+    cluster: Cluster,
+) -> None:
+    """Found by the nemesis: a master added to become a voter stayed a learner for good
+    when the leader that added it lost leadership before promoting it. The intent is now
+    replicated, and whichever master leads promotes it once it has caught up."""
+    leader = cluster.leader()
+    for i in range(120):  # more than the promote lag (100 entries): it must catch up first
+        mkdir(leader, f"/d{i:03d}")
+    survivors = [m for m in cluster.masters if m is not leader]
+    fourth = Master(cluster.root, "m4", free_port_pair())
+    cluster.masters.append(fourth)
+    fourth.start("--peers", survivors[0].address)
+    try:
+        deadline = time.monotonic() + 15
+        while not any(m["http"] == fourth.address for m in members(leader)):
+            assert time.monotonic() < deadline, "timed out waiting for the add"
+            time.sleep(0.002)
+        # The add is applied on the leader, which answers it now. Hold the new master
+        # before it can catch up, so the leader cannot promote it, and kill the leader.
+        assert fourth.process is not None
+        fourth.process.send_signal(signal.SIGSTOP)
+        leader.kill(signal.SIGKILL)
+
+        def survivors_agree() -> Master | None:
+            named = {m.status()["leader_http"] for m in survivors}
+            return next((m for m in survivors if named == {m.address}), None)
+
+        new_leader: Master = wait_for(survivors_agree, "a new leader among the survivors")
+        mine = next(m for m in members(new_leader) if m["http"] == fourth.address)
+        assert (mine["role"], mine["voter"], mine["promote"]) == ("LEARNER", False, True)
+    finally:
+        if fourth.process is not None:
+            fourth.process.send_signal(signal.SIGCONT)
+
+    def a_voter() -> bool:
+        mine = next(m for m in members(new_leader) if m["http"] == fourth.address)
+        return bool(mine["voter"]) and not mine["promote"]
+
+    wait_for(a_voter, "the new master to become a voter")
+    assert new_leader.role() == "LEADER"
+    assert f"master {mine['id']} caught up and is now a voter" in new_leader.log_text()
+    fourth.wait_serving()
+    wait_for(lambda: len(names(fourth)) == 120, "the namespace on the new master")
 
 
 def test_a_joined_master_restarted_at_once_hears_the_leader_again(cluster: Cluster) -> None:

@@ -1,7 +1,8 @@
 """``quorumfs cluster``: see and change the Raft group of masters.
 
 ``members`` shows every master with its role (LEADER/FOLLOWER/CANDIDATE/LEARNER/
-WITNESS), addresses and, as the leader knows them, replication progress and last
+WITNESS; "LEARNER (to be voter)" for a learner the leader promotes once it has caught
+up), addresses and, as the leader knows them, replication progress and last
 contact, followed by the status's warnings. ``add``, ``remove``,
 ``transfer-leader`` and ``step-down`` change the group; they need the admin token,
 and any master accepts them (a follower forwards to the leader). The last two
@@ -212,9 +213,10 @@ def _members_table(status: ClusterStatus, seen_by: str) -> Table:
     table.add_column("LAST CONTACT", justify="right")
     for member in sorted(status.members, key=lambda m: m.id):
         role = member.role.value
+        shown = f"{role} (to be voter)" if member.promote else role
         table.add_row(
             str(member.id),
-            Text(role, style="bold green" if role == "LEADER" else ""),
+            Text(shown, style="bold green" if role == "LEADER" else ""),
             member.http,
             member.raft,
             "-" if member.match_index is None else str(member.match_index),

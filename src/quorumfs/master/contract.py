@@ -53,6 +53,9 @@ class MemberInfo(msgspec.Struct, frozen=True, kw_only=True):
     """host:port of the member's Raft transport."""
     role: MemberRole
     voter: bool
+    promote: bool = False
+    """A learner added to become a voter: whichever master leads promotes it once it
+    has caught up. False for every other member."""
     match_index: int | None = None
     """Known on the leader only: the last index the member holds."""
     last_contact_ms: int | None = None
@@ -143,7 +146,8 @@ class MasterService(Protocol):
 
     async def add_member(self, *, http: str, raft: str, voter: bool) -> MemberInfo:
         """Leader only. Adds a learner that is promoted to voter once it caught up
-        (``voter=True``), or stays a learner. ``RejectedError`` (409) when an address
+        (``voter=True``: recorded in the replicated state, so whichever master leads
+        then promotes it), or stays a learner. ``RejectedError`` (409) when an address
         is already a member's."""
         ...
 

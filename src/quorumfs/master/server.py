@@ -24,7 +24,7 @@ How a master starts, as SeaweedFS masters do:
 - ``--peers`` lists other masters only: a new master joining a running group.
   It asks one of them (over HTTP, with the admin token derived from the
   shared secret) to add it; it joins as a learner, catches up, and is
-  promoted to voter by the leader.
+  promoted to voter by the leader (whichever master leads by then).
 - no ``--peers``: a group of one, with a freshly generated secret.
 
 Ports: HTTP on ``--port`` (default 9333), Raft on ``--port + 10000``.
@@ -454,6 +454,7 @@ async def run_master(
     runner = web.AppRunner(app, access_log=None)
     try:
         await node.start()
+        service.start()
         data.start()
         await transport.start()
         await runner.setup()

@@ -2,10 +2,15 @@
 
 It turns namespace commands into proposals, reads into read barriers, and
 the node's view of the group into ``ClusterStatus``; it runs membership
-changes (a new master joins as a learner and is promoted to voter once it
-has caught up) and leadership transfers, including stepping down (to the
-voter ``step_down_target`` picks). Every wait is bounded: a request
-that cannot be served in time fails with ``ServiceUnavailableError``.
+changes and leadership transfers, including stepping down (to the voter
+``step_down_target`` picks). Every wait is bounded: a request that cannot be
+served in time fails with ``ServiceUnavailableError``.
+
+A new master joins as a learner. When it was added to become a voter, that
+intent is in the replicated state (``Member.promote``), and whichever master
+leads promotes it once it has caught up (``start`` runs the check every few
+ticks): a leader that crashes or hands over before then leaves the promotion
+to the next one.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import time
 from typing import Any
 
 from quorumfs.raft import ConfChange, ConfChangeType, Role, Status
@@ -41,6 +45,9 @@ logger = logging.getLogger("quorumfs.master")
 
 RETRY_SOON = 0.2
 """Seconds a client is asked to wait after "no leader or quorum right now"."""
+
+PROMOTE_CHECK_TICKS = 4
+"""Ticks between two looks, on the leader, for learners to promote."""
 
 _ROLE_NAMES = {
     Role.LEADER: MemberRole.LEADER,
@@ -82,7 +89,11 @@ class RaftMasterService:
         # A learner within this many entries of the leader's commit index is promoted.
         self.promote_lag = promote_lag
         self._membership_lock = asyncio.Lock()
-        self._promotions: set[asyncio.Task[None]] = set()
+        self._promoter: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start promoting learners to voters (on whichever master leads)."""
+        self._promoter = asyncio.create_task(self._promote_learners(), name="quorumfs-promote")
 
     # -- reads and writes --------------------------------------------------------------
 
@@ -147,6 +158,7 @@ class RaftMasterService:
                     raft=member.raft,
                     role=role,
                     voter=member.id in conf.voters,
+                    promote=member.promote and member.id in conf.learners,
                     match_index=peer.match if peer is not None else None,
                     last_contact_ms=self._last_contact_ms(
                         member.id, leading=status.role is Role.LEADER
@@ -201,36 +213,58 @@ class RaftMasterService:
                         status=409,
                     )
             member_id = self.state.next_member_id
-            context = MemberAddresses(http=http, raft=raft).encode()
+            context = MemberAddresses(http=http, raft=raft, promote=voter).encode()
             change = ConfChange(ConfChangeType.ADD_LEARNER, member_id, context)
             await self._call(self.node.change_membership(change, self.timeout))
-        logger.info("added master %d (%s, raft %s) as a learner", member_id, http, raft)
-        if voter:
-            task = asyncio.create_task(self._promote_when_caught_up(member_id, context))
-            self._promotions.add(task)
-            task.add_done_callback(self._promotions.discard)
-        return MemberInfo(id=member_id, http=http, raft=raft, role=MemberRole.LEARNER, voter=False)
+        then = "; it becomes a voter once it has caught up" if voter else ""
+        logger.info("added master %d (%s, raft %s) as a learner%s", member_id, http, raft, then)
+        return MemberInfo(
+            id=member_id, http=http, raft=raft, role=MemberRole.LEARNER, voter=False, promote=voter
+        )
 
-    async def _promote_when_caught_up(self, member_id: int, context: bytes) -> None:
-        """Promote a learner to voter once its log is close to the leader's."""
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and self.is_leader():
+    async def _promote_learners(self) -> None:
+        """Every few ticks, on the leader: promote a learner that is to become a voter."""
+        while True:
+            await asyncio.sleep(self.node.options.tick_interval * PROMOTE_CHECK_TICKS)
+            if not self.is_leader():
+                continue
+            try:
+                await self._promote_one()
+            except Exception:
+                logger.exception("promoting learners failed; retrying at the next check")
+
+    async def _promote_one(self) -> None:
+        """Promote the first learner (by id) that is to become a voter and whose log is
+        within ``promote_lag`` entries of the leader's commit index: one membership
+        change at a time, so the others wait for the next check."""
+        async with self._membership_lock:
             status = self.node.status()
-            peer = status.peers.get(member_id)
-            if peer is None:
-                return  # removed meanwhile
-            if peer.match + self.promote_lag >= status.commit:
-                change = ConfChange(ConfChangeType.ADD_VOTER, member_id, context)
-                try:
-                    async with self._membership_lock:
-                        await self._call(self.node.change_membership(change, self.timeout))
-                except (ServiceUnavailableError, NotLeaderError) as error:
-                    logger.warning("promoting master %d failed (%s); retrying", member_id, error)
-                else:
-                    logger.info("master %d caught up and is now a voter", member_id)
-                    return
-            await asyncio.sleep(self.node.options.tick_interval * 4)
-        logger.warning("master %d stays a learner: it did not catch up here", member_id)
+            learner = next(
+                (
+                    member
+                    for member in sorted(self.state.members.values(), key=lambda m: m.id)
+                    if member.promote
+                    and member.id in status.conf.learners
+                    and member.id in status.peers
+                    and status.peers[member.id].match + self.promote_lag >= status.commit
+                ),
+                None,
+            )
+            if learner is None:
+                return
+            # The intent is fulfilled: the voter's context says so.
+            context = MemberAddresses(http=learner.http, raft=learner.raft).encode()
+            change = ConfChange(ConfChangeType.ADD_VOTER, learner.id, context)
+            try:
+                await self._call(self.node.change_membership(change, self.timeout))
+            except (ServiceUnavailableError, NotLeaderError) as error:
+                logger.warning(
+                    "promoting master %d to voter failed (%s); retrying at the next check",
+                    learner.id,
+                    error,
+                )
+                return
+        logger.info("master %d caught up and is now a voter", learner.id)
 
     async def remove_member(self, member_id: int) -> None:
         if member_id not in self.state.members:
@@ -263,5 +297,6 @@ class RaftMasterService:
         return int(await self._call(self.node.transfer_leadership(target, self.timeout)))
 
     async def close(self) -> None:
-        for task in list(self._promotions):
-            task.cancel()
+        if self._promoter is not None:
+            self._promoter.cancel()
+            await asyncio.gather(self._promoter, return_exceptions=True)

@@ -5,7 +5,13 @@ It adds to the ``Namespace`` the membership of the master group: each
 member's id and addresses arrive in the ``context`` of the membership change
 that added it, so every master (and a master restarted with only its
 directory) knows every other master's addresses from the log alone. This is
-SeaweedFS's "sticky" cluster information, kept in the journal.
+SeaweedFS's "sticky" cluster information, kept in the journal. So is whether a
+learner is to become a voter (``MemberAddresses.promote``): whichever master
+leads promotes it once it has caught up, not only the one that added it.
+
+Compatibility: ``MemberAddresses`` and ``Member`` are msgpack arrays; a field is
+only ever added at the end, with a default, so journals and snapshots written
+before it decode (to the default), and a master without it ignores it.
 
 Pure and deterministic like the namespace: no I/O, no clock.
 """
@@ -27,10 +33,14 @@ __all__ = ["MasterStateMachine", "Member", "MemberAddresses"]
 
 
 class MemberAddresses(msgspec.Struct, frozen=True, array_like=True):
-    """The ``ConfChange.context`` of a master: where to reach it."""
+    """The ``ConfChange.context`` of a master: where to reach it, and whether it is to
+    become a voter."""
 
     http: str
     raft: str
+    promote: bool = False
+    """On an added learner: promote it to voter once it has caught up. False on a
+    promotion (the intent is fulfilled) and in journals older than the field."""
 
     def encode(self) -> bytes:
         return _encoder.encode(self)
@@ -44,6 +54,9 @@ class Member(msgspec.Struct, frozen=True, array_like=True):
     id: int
     http: str
     raft: str
+    promote: bool = False
+    """As in the ``MemberAddresses`` of the member's last membership change: a learner
+    the leader promotes to voter once it has caught up (False in older snapshots)."""
 
 
 class _Image(msgspec.Struct, array_like=True):
@@ -89,7 +102,9 @@ class MasterStateMachine:
             self.members.pop(change.node_id, None)
         elif change.context:
             addresses = MemberAddresses.decode(change.context)
-            self.members[change.node_id] = Member(change.node_id, addresses.http, addresses.raft)
+            self.members[change.node_id] = Member(
+                change.node_id, addresses.http, addresses.raft, addresses.promote
+            )
         self.next_member_id = max(self.next_member_id, change.node_id + 1)
         for listener in self._membership_listeners:
             listener()
