@@ -216,6 +216,43 @@ def test_a_joined_master_restarted_at_once_hears_the_leader_again(cluster: Clust
     assert "which is not a member" not in fourth.log_text().split("serving")[-1]
 
 
+def test_a_restarted_master_hears_a_leader_its_applied_membership_lacks(
+    cluster: Cluster,
+) -> None:
+    """Found by the nemesis: a master restarts with its commit index behind the entry
+    that added a new master (the commit index is written lazily), while that new master
+    leads. It knew only the members it had applied, refused the leader's connections as
+    "not a member", and stayed cut off. Its transport now also accepts masters whose
+    addition is in its journal but not applied yet."""
+    leader = cluster.leader()
+    fourth = cluster.add(via=leader)
+    token = {"Authorization": f"Bearer {leader.admin_token()}"}
+    fourth_id = int(fourth.status()["id"])
+
+    def voter() -> bool:
+        members = cluster.leader().status()["members"]
+        return any(m["id"] == fourth_id and m["voter"] for m in members)
+
+    wait_for(voter, "the new master to be a voter")
+    # The old leader's journal holds the addition, but the commit index it last wrote
+    # (when its term began) does not cover it.
+    old_leader = cluster.leader()
+    old_leader.kill()
+    now = wait_for(
+        lambda: next((m for m in cluster.alive() if m.role() == "LEADER"), None), "a new leader"
+    )
+    if now is not fourth:
+        http("POST", now.address, "/cluster/transfer-leader", {"to": fourth_id}, headers=token)
+    wait_for(lambda: fourth.role() == "LEADER", "the new master to lead")
+    old_leader.start()
+    old_leader.wait_serving()
+    wait_for(
+        lambda: old_leader.status()["leader_http"] == fourth.address,
+        "the restarted master to hear the new master lead",
+    )
+    assert "which is not a member" not in old_leader.log_text().split("serving")[-1]
+
+
 def test_admin_requests_need_the_token(cluster: Cluster) -> None:
     leader = cluster.leader()
     with pytest.raises(HttpError) as refused:

@@ -54,7 +54,14 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 
-from quorumfs.raft import Config, ReadOnlyOption, bootstrap_log
+from quorumfs.raft import (
+    ConfChange,
+    ConfChangeType,
+    Config,
+    EntryType,
+    ReadOnlyOption,
+    bootstrap_log,
+)
 from quorumfs.runtime.clock import WallClock
 from quorumfs.runtime.node import NodeOptions, RaftNode
 from quorumfs.runtime.transport import RaftTransport
@@ -369,6 +376,21 @@ async def _prepare(
     return identity, secret, storage, seed
 
 
+def _added_after(storage: DiskStorage, applied: int) -> list[tuple[int, int, str]]:
+    """(index, id, raft address) of every master a membership change in the journal
+    after ``applied`` adds."""
+    first = max(applied + 1, storage.first_index())
+    added = []
+    for entry in storage.entries(first, storage.last_index() + 1):
+        if entry.type is not EntryType.CONF_CHANGE:
+            continue
+        change = ConfChange.decode(entry.data)
+        if change.type is not ConfChangeType.REMOVE_NODE and change.context:
+            raft = MemberAddresses.decode(change.context).raft
+            added.append((entry.index, change.node_id, raft))
+    return added
+
+
 async def run_master(
     options: MasterOptions,
     *,
@@ -394,17 +416,30 @@ async def run_master(
         on_unreachable=lambda peer: node_holder[0].report_unreachable(peer),  # noqa: PLW0108
     )
 
+    unapplied: list[tuple[int, int, str]] = []
+    """(index, id, raft) of masters added by entries in this journal beyond what it had
+    applied when it started; filled once the journal is replayed."""
+
     def sync_peers() -> None:
-        if not state.members:
-            return  # a joining master's journal is still empty: keep the peers it was given
-        wanted = {m.id: m.raft for m in state.members.values() if m.id != identity.node_id}
+        """The transport's peers: the applied members (or, while a joined master has
+        applied none, the group it joined), plus masters whose addition is in the journal
+        but not applied yet. A restarted master's commit index may lag its log, and the
+        group may already be led by such a master: refusing it would cut this master off
+        until someone else leads (as in the Raft paper, the transport follows the latest
+        configuration in the log; the core still applies changes once committed)."""
+        wanted = {m.id: m.raft for m in state.members.values()} or dict(seed)
+        # Applied: up to the membership change being applied now, or a snapshot installed.
+        applied = max(state.membership_index, node_holder[0].status().applied if node_holder else 0)
+        for index, member_id, raft in unapplied:
+            if index > applied:
+                wanted.setdefault(member_id, raft)
+        wanted.pop(identity.node_id, None)
         for member_id, raft in wanted.items():
             transport.set_peer(member_id, _split(raft))
         for member_id in set(transport.peer_state()) - set(wanted):
             transport.remove_peer(member_id)
 
-    for member_id, raft in seed:
-        transport.set_peer(member_id, _split(raft))
+    sync_peers()
     state.on_membership_change(sync_peers)
     config = Config(
         id=identity.node_id,
@@ -454,6 +489,8 @@ async def run_master(
     runner = web.AppRunner(app, access_log=None)
     try:
         await node.start()
+        unapplied.extend(_added_after(storage, node.status().applied))
+        sync_peers()
         service.start()
         data.start()
         await transport.start()

@@ -76,6 +76,8 @@ class MasterStateMachine:
         self.members: dict[int, Member] = {}
         # Invariant: greater than every id ever added, so a removed id is never reused.
         self.next_member_id = 1
+        self.membership_index = 0
+        """The log index of the last membership change applied (0: none since a restore)."""
         self._membership_listeners: list[Callable[[], None]] = []
         self._apply_listeners: list[Callable[[Command, Result[Any]], None]] = []
 
@@ -98,6 +100,7 @@ class MasterStateMachine:
         self._apply_listeners.append(listener)
 
     def apply_membership(self, index: int, change: ConfChange, conf: ConfState) -> None:
+        self.membership_index = index
         if change.type is ConfChangeType.REMOVE_NODE:
             self.members.pop(change.node_id, None)
         elif change.context:
