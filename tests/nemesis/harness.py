@@ -4,12 +4,12 @@ One ``DataCluster`` (3 or 5 masters, 3 volume servers, from ``procs``) serves se
 In a round, ``clients`` concurrent ``AsyncMasterClient``s run a small model against
 their own directory while a nemesis injects faults on a seeded schedule:
 
-* **Model.** Small files are registers (``quorumfs.verify.linearizability.KVModel``,
-  one partition per file): ``put`` of a unique value is ``Put``, ``read`` is ``Get``
-  (a missing file reads as the initial value, ``None``), and ``create(exclusive=True)``
-  is ``Cas(expected=None, new="")`` (create-exclusive of an empty file: it swaps iff
-  the file is absent; an empty file reads as ``""``). Keys rotate every ``EPOCH``
-  seconds so fresh, absent files keep the create races coming.
+* **Model** (``model.DirModel``): the files of one epoch (``KEYS`` of them; names
+  rotate every ``EPOCH`` seconds so fresh, absent files keep the create races coming)
+  form one small directory, checked as one object: ``put`` of a unique value, ``read``
+  (a missing file reads as ``None``), ``create(exclusive=True)`` (creates an empty
+  file, read as ``""``, iff absent) and ``mv`` between two of its files (POSIX rename:
+  the destination is replaced; a missing source is a definite "not found").
 * **Values** are written in chunks of ``CHUNK`` bytes (1-4 chunks a file) and carry a
   self-check header (value id, body length, SHA-256 of the body; the body is derived
   from the id): a torn read or a mix of two versions' chunks is detected.
@@ -24,9 +24,11 @@ their own directory while a nemesis injects faults on a seeded schedule:
   and a step-down; network partitions between masters (``network.py``: each master in
   its own namespace, packets dropped in a hub): the leader in a minority, a follower
   alone, and one-way cuts of everything the leader sends or receives; a slow journal
-  fsync on one master (``PUT /debug/faults``, masters run with ``--fault-injection``);
-  a membership change (a follower removed, wiped, and joined again as a new member).
-* **Checks** after each round: linearizability (per file); no acknowledged write lost
+  fsync on one master and wall-clock jumps of every master (``PUT /debug/faults``,
+  masters run with ``--fault-injection``; the leader must keep its term through a
+  jump); a membership change (a follower removed, wiped, and joined again as a new
+  member).
+* **Checks** after each round: linearizability (per directory); no acknowledged write lost
   (a final read, after healing, of every file); no torn read; and healing (one agreed
   leader, three writable volume servers and every file readable) within ``HEAL_BOUND``.
 
