@@ -322,8 +322,13 @@ class DataPath:
             logger.debug("%s: the commit was applied before its answer was lost", path)
             try:
                 return await self._masters.stat(path)
-            except NotFound:
-                raise stale from None  # applied, then renamed away: no Stat to give
+            except NotFound:  # applied, then renamed or removed: no Stat to give
+                raise FileChanged(
+                    f"{path}: the put took effect, then the file was renamed or removed "
+                    f"before its answer arrived ({stale.message})",
+                    path=path,
+                    retried_after_unknown=True,
+                ) from None
 
     def iter_read(
         self, path: str, offset: int = 0, length: int | None = None

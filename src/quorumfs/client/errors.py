@@ -273,8 +273,11 @@ class FileChanged(QuorumfsError):
     """The file was replaced while it was being read (``ESTALE``): the chunks of the version
     being read are gone. Nothing of the newer version was mixed in; read it again.
 
-    Also a master's answer to a commit naming chunks released since they were committed
-    (a put's repeated commit whose first attempt was applied, then replaced)."""
+    Also a master's answer to a commit naming chunks released since they were committed,
+    or held by another file (a put's repeated commit whose first attempt was applied,
+    then replaced or renamed). A put settles that as done; it raises ``FileChanged``
+    only when no file is left at its path to describe (applied, then renamed or
+    removed)."""
 
     default_code = "ESTALE"
 
