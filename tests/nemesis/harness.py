@@ -215,7 +215,7 @@ def classify(
     ``"missing"``: a read or a rename that found no file; ``"exists"``: a create-exclusive
     that found the file. Both are definite answers (ok operations), not failures.
     """
-    name = f"{type(error).__name__}: {str(error)[:120]}"
+    name = f"{type(error).__name__}: {str(error)[:400]}"
     if kind == "read":
         if isinstance(error, NotFound):
             return "missing", name
@@ -761,7 +761,7 @@ def render_round(r: RoundResult) -> str:
             kind = rec.error.split(":")[0]
             if kind in rare:
                 rare.discard(kind)
-                lines.append(f"    e.g. {rec.kind} {rec.error[:200]}")
+                lines.append(f"    e.g. {rec.kind} {rec.error}")
     if r.anomalies:
         lines.append(f"  ANOMALIES ({len(r.anomalies)}); the first:")
         lines += [f"  {line}" for line in r.anomalies[0].splitlines()]
