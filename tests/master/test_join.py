@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from quorumfs.master import server
 from quorumfs.master.http_api import RETRY_AFTER_MS_HEADER
+from quorumfs.master.http_api import SERVED_BY_HEADER as SERVED_BY
 from quorumfs.master.server import MasterOptions, MasterStartupError
 
 TOKEN = "join-test-admin-token"
@@ -306,5 +307,31 @@ def test_a_503_outcome_unknown_then_a_409_adopts_the_member(tmp_path: Path) -> N
         async with serving(master) as peers:
             node_id, _members = await server._join(options(tmp_path), peers, TOKEN)
         assert node_id == 2
+
+    run(test)
+
+
+def test_the_members_come_from_the_leader_that_added_this_master(tmp_path: Path) -> None:
+    """Found by the nemesis: the members were read from the master asked, which relays
+    to the leader but may not have applied the latest changes; a new master seeded with
+    that stale list refused the leader itself as "not a member"."""
+    leader = FakeMaster([added])
+    leader.members.append({"id": 7, "http": "127.0.0.1:9337", "raft": "127.0.0.1:19337"})
+
+    async def test() -> None:
+        async with serving(leader) as (leader_address,):
+
+            async def relayed(
+                _m: FakeMaster, _r: web.Request, body: dict[str, Any]
+            ) -> web.StreamResponse:
+                answer = leader.apply(body)
+                return web.json_response(answer, status=201, headers={SERVED_BY: leader_address})
+
+            follower = FakeMaster([relayed])  # its own (stale) view: member 1 only
+            async with serving(follower) as peers:
+                node_id, members = await server._join(options(tmp_path), peers, TOKEN)
+        assert node_id == 8
+        assert {m["id"] for m in members} == {1, 7, 8}
+        assert follower.gets == 0 and leader.gets == 1
 
     run(test)

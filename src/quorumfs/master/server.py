@@ -72,7 +72,7 @@ from quorumfs.tokens import MIN_SECRET_BYTES, SECRET_ENV
 from .contract import RAFT_PORT_OFFSET
 from .data_api import add_data_routes
 from .data_service import DataOptions, DataService
-from .http_api import RETRY_AFTER_MS_HEADER, build_app
+from .http_api import RETRY_AFTER_MS_HEADER, SERVED_BY_HEADER, build_app
 from .metrics import MasterMetrics
 from .service import RaftMasterService
 from .state_machine import MasterStateMachine, MemberAddresses
@@ -278,13 +278,17 @@ async def _join(
                     async with session.post(f"http://{peer}/cluster/members", json=body) as answer:
                         payload = await answer.json(content_type=None)
                         status, hint = answer.status, answer.headers.get(RETRY_AFTER_MS_HEADER)
+                        leader = answer.headers.get(SERVED_BY_HEADER, peer)
                     if status == 201:
                         maybe_applied = True  # if reading the members fails, ask again
-                        return int(payload["id"]), await _members(session, peer)
+                        # From the leader that added us: another master may not have
+                        # applied the latest changes, and a stale list would leave this
+                        # master refusing the leader's connections.
+                        return int(payload["id"]), await _members(session, leader)
                     error = payload.get("error", {}) if isinstance(payload, dict) else {}
                     reason = f"{peer}: {status} {error.get('message', payload)}"
                     if status == 409 and maybe_applied:
-                        members = await _members(session, peer)
+                        members = await _members(session, leader)
                         mine = [m for m in members if (m.get("http"), m.get("raft")) == me]
                         if mine:
                             return int(str(mine[0]["id"])), members
