@@ -253,6 +253,41 @@ def test_a_restarted_master_hears_a_leader_its_applied_membership_lacks(
     assert "which is not a member" not in old_leader.log_text().split("serving")[-1]
 
 
+def test_a_master_joining_through_a_leader_newer_than_its_snapshot_catches_up(
+    tmp_path: Path,
+) -> None:
+    """Found by the nemesis: a leader that joined after the newest snapshot sends that
+    snapshot to the next master to join. Its member list predates the leader, and the
+    new master, restoring it, dropped the leader from its peers and refused it as "not a
+    member": it never caught up nor became a voter. Only an applied removal drops a peer
+    now."""
+    cluster = Cluster(tmp_path, master_args=("--snapshot-every", "40"))
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        for i in range(60):  # a snapshot at 40 lists masters 1-3 only
+            mkdir(leader, f"/d{i}")
+        token = {"Authorization": f"Bearer {leader.admin_token()}"}
+        fourth = cluster.add(via=leader)
+        fourth_id = int(fourth.status()["id"])
+
+        def voter(master_id: int) -> bool:
+            members = cluster.leader().status()["members"]
+            return any(m["id"] == master_id and m["voter"] for m in members)
+
+        wait_for(lambda: voter(fourth_id), "the fourth master to be a voter")
+        now = cluster.leader()
+        http("POST", now.address, "/cluster/transfer-leader", {"to": fourth_id}, headers=token)
+        wait_for(lambda: fourth.role() == "LEADER", "the fourth master to lead")
+        fifth = cluster.add(via=fourth)
+        fifth_id = int(fifth.status()["id"])
+        wait_for(lambda: voter(fifth_id), "the fifth master to be a voter")
+        wait_for(lambda: len(names(fifth)) == 60, "the namespace on the fifth master")
+        assert "which is not a member" not in fifth.log_text()
+    finally:
+        cluster.stop()
+
+
 def test_admin_requests_need_the_token(cluster: Cluster) -> None:
     leader = cluster.leader()
     with pytest.raises(HttpError) as refused:

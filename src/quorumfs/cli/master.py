@@ -56,6 +56,14 @@ def master(
             show_default=False,
         ),
     ] = None,
+    snapshot_every: Annotated[
+        int,
+        typer.Option(
+            help="Applied entries between two snapshots of the namespace; the journal "
+            "before a snapshot is dropped.",
+            min=10,
+        ),
+    ] = 10_000,
     fsync: Annotated[
         bool,
         typer.Option(help="fsync the journal before acknowledging (never turn off in production)."),
@@ -109,6 +117,7 @@ def master(
             tick_interval=tick_ms / 1000,
             election_tick=election_ticks,
             lease_tick=lease_ticks,
+            snapshot_every=snapshot_every,
             fsync=fsync,
             fault_injection=fault_injection,
             data=DataOptions(

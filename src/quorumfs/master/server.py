@@ -427,10 +427,11 @@ async def run_master(
     def sync_peers() -> None:
         """The transport's peers: the applied members (or, while a joined master has
         applied none, the group it joined), plus masters whose addition is in the journal
-        but not applied yet. A restarted master's commit index may lag its log, and the
-        group may already be led by such a master: refusing it would cut this master off
-        until someone else leads (as in the Raft paper, the transport follows the latest
-        configuration in the log; the core still applies changes once committed)."""
+        but not applied yet, minus those whose removal was applied. A restarted master's
+        commit index may lag its log, and the group may already be led by such a master:
+        refusing it would cut this master off until someone else leads (as in the Raft
+        paper, the transport follows the latest configuration in the log; the core still
+        applies changes once committed)."""
         wanted = {m.id: m.raft for m in state.members.values()} or dict(seed)
         # Applied: up to the membership change being applied now, or a snapshot installed.
         applied = max(state.membership_index, node_holder[0].status().applied if node_holder else 0)
@@ -438,9 +439,14 @@ async def run_master(
             if index > applied:
                 wanted.setdefault(member_id, raft)
         wanted.pop(identity.node_id, None)
+        # Nor an earlier member at this master's own address (an older snapshot's view).
+        wanted = {i: raft for i, raft in wanted.items() if raft != identity.raft}
         for member_id, raft in wanted.items():
             transport.set_peer(member_id, _split(raft))
-        for member_id in set(transport.peer_state()) - set(wanted):
+        # Only a removal applied here drops a peer. A snapshot lists the members as they
+        # were when it was taken: a master added since (perhaps the leader sending it)
+        # is missing there, and refusing it would stop the entries that add it arriving.
+        for member_id in (set(transport.peer_state()) - set(wanted)) & state.removed:
             transport.remove_peer(member_id)
 
     sync_peers()

@@ -78,6 +78,9 @@ class MasterStateMachine:
         self.next_member_id = 1
         self.membership_index = 0
         """The log index of the last membership change applied (0: none since a restore)."""
+        self.removed: set[int] = set()
+        """Masters whose removal this process applied (a snapshot does not say who was
+        removed before it; ids are never reused, so this only grows)."""
         self._membership_listeners: list[Callable[[], None]] = []
         self._apply_listeners: list[Callable[[Command, Result[Any]], None]] = []
 
@@ -103,6 +106,7 @@ class MasterStateMachine:
         self.membership_index = index
         if change.type is ConfChangeType.REMOVE_NODE:
             self.members.pop(change.node_id, None)
+            self.removed.add(change.node_id)
         elif change.context:
             addresses = MemberAddresses.decode(change.context)
             self.members[change.node_id] = Member(
