@@ -29,11 +29,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from test_http_api import ADMIN, Client, FakeService, assert_error, call, run
-from test_master_metrics import SECRET, free_port, parse, until, value
+from test_master_metrics import SECRET, free_port, parse, running, until, value
 
 from quorumfs.master.commands import Create, Mkdir
 from quorumfs.master.http_api import FaultTarget, build_app
-from quorumfs.master.server import MasterOptions, run_master
+from quorumfs.master.server import MasterOptions
 from quorumfs.runtime.clock import WallClock
 from quorumfs.runtime.wal import DiskStorage
 
@@ -320,61 +320,52 @@ def test_a_real_master_commits_no_faster_than_the_delay_then_fast_again(
     )
 
     async def test() -> None:
-        stop = asyncio.Event()
-        started: list[str] = []
-        task = asyncio.create_task(run_master(options, started=started.append, stop=stop))
         base = f"http://{options.http_address}"
-        try:
-            async with aiohttp.ClientSession() as session:
+        async with running(options) as masters, aiohttp.ClientSession() as session:
 
-                async def leading() -> bool:
-                    if task.done():
-                        task.result()
-                    if not started:
-                        return False
-                    async with session.get(f"{base}/cluster/status") as response:
-                        return bool((await response.json())["role"] == "LEADER")
+            async def leading() -> bool:
+                if not masters.started():
+                    return False
+                async with session.get(f"{base}/cluster/status") as response:
+                    return bool((await response.json())["role"] == "LEADER")
 
-                async def faults(ms: int | None = None) -> int:
-                    token = (options.mdir / "admin.token").read_text().strip()
-                    headers = {"Authorization": f"Bearer {token}"}
-                    body = None if ms is None else {"fsync_delay_ms": ms}
-                    async with session.request(
-                        "GET" if ms is None else "PUT",
-                        f"{base}/debug/faults",
-                        json=body,
-                        headers=headers,
-                    ) as response:
-                        assert response.status == 200, await response.text()
-                        delay: int = (await response.json())["fsync_delay_ms"]
-                        return delay
+            async def faults(ms: int | None = None) -> int:
+                token = (options.mdir / "admin.token").read_text().strip()
+                headers = {"Authorization": f"Bearer {token}"}
+                body = None if ms is None else {"fsync_delay_ms": ms}
+                async with session.request(
+                    "GET" if ms is None else "PUT",
+                    f"{base}/debug/faults",
+                    json=body,
+                    headers=headers,
+                ) as response:
+                    assert response.status == 200, await response.text()
+                    delay: int = (await response.json())["fsync_delay_ms"]
+                    return delay
 
-                async def mkdir(path: str) -> float:
-                    started = time.perf_counter()
-                    async with session.post(f"{base}/v1/fs/mkdir", json={"path": path}) as resp:
-                        assert resp.status == 200, await resp.text()
-                    return time.perf_counter() - started
+            async def mkdir(path: str) -> float:
+                started = time.perf_counter()
+                async with session.post(f"{base}/v1/fs/mkdir", json={"path": path}) as resp:
+                    assert resp.status == 200, await resp.text()
+                return time.perf_counter() - started
 
-                async def fsync_seconds() -> float:
-                    async with session.get(f"{base}/metrics") as response:
-                        samples = parse(await response.text())
-                    return value(samples, "quorumfs_raft_fsync_seconds_sum")
+            async def fsync_seconds() -> float:
+                async with session.get(f"{base}/metrics") as response:
+                    samples = parse(await response.text())
+                return value(samples, "quorumfs_raft_fsync_seconds_sum")
 
-                await until(leading, "the master to lead")
-                await mkdir("/warm")
-                assert await faults() == 0
+            await until(leading, "the master to lead")
+            await mkdir("/warm")
+            assert await faults() == 0
 
-                assert await faults(DELAY_MS) == DELAY_MS
-                assert await faults() == DELAY_MS
-                synced_before = await fsync_seconds()
-                assert await mkdir("/slow") >= DELAY_MS / 1000
-                assert await fsync_seconds() - synced_before >= DELAY_MS / 1000
+            assert await faults(DELAY_MS) == DELAY_MS
+            assert await faults() == DELAY_MS
+            synced_before = await fsync_seconds()
+            assert await mkdir("/slow") >= DELAY_MS / 1000
+            assert await fsync_seconds() - synced_before >= DELAY_MS / 1000
 
-                assert await faults(0) == 0
-                assert await mkdir("/fast") < DELAY_MS / 1000
-        finally:
-            stop.set()
-            await task
+            assert await faults(0) == 0
+            assert await mkdir("/fast") < DELAY_MS / 1000
 
     asyncio.run(asyncio.wait_for(test(), timeout=30))
 
@@ -433,105 +424,93 @@ def test_a_wall_clock_jump_moves_mtimes_and_lease_log_stamps_but_not_leadership(
     by_id = {i: o for i, o in enumerate(sorted(options, key=lambda o: o.http_address), start=1)}
 
     async def test() -> None:
-        stop = asyncio.Event()
-        started: list[str] = []
-        tasks = [
-            asyncio.create_task(run_master(o, started=started.append, stop=stop)) for o in options
-        ]
-        try:
-            async with aiohttp.ClientSession() as session:
+        async with running(*options) as masters, aiohttp.ClientSession() as session:
 
-                async def status(o: MasterOptions) -> dict[str, Any]:
-                    async with session.get(f"http://{o.http_address}/cluster/status") as response:
-                        assert response.status == 200
-                        answer: dict[str, Any] = await response.json()
-                        return answer
+            async def status(o: MasterOptions) -> dict[str, Any]:
+                async with session.get(f"http://{o.http_address}/cluster/status") as response:
+                    assert response.status == 200
+                    answer: dict[str, Any] = await response.json()
+                    return answer
 
-                async def agreed() -> tuple[int, int] | None:
-                    """(leader id, term) if every master names the same leader and term."""
-                    for task in tasks:
-                        if task.done():
-                            task.result()
-                    if len(started) < len(options):
-                        return None
-                    seen = {(s["leader_id"], s["term"]) for s in [await status(o) for o in options]}
-                    if len(seen) != 1:
-                        return None
-                    ((leader, term),) = seen
-                    return None if leader is None else (leader, term)
+            async def agreed() -> tuple[int, int] | None:
+                """(leader id, term) if every master names the same leader and term."""
+                if not masters.started():
+                    return None
+                seen = {(s["leader_id"], s["term"]) for s in [await status(o) for o in options]}
+                if len(seen) != 1:
+                    return None
+                ((leader, term),) = seen
+                return None if leader is None else (leader, term)
 
-                async def settled() -> bool:
-                    return await agreed() is not None
+            async def settled() -> bool:
+                return await agreed() is not None
 
-                async def jump(o: MasterOptions, offset_ms: int) -> None:
-                    token = (o.mdir / "admin.token").read_text().strip()
-                    async with session.put(
-                        f"http://{o.http_address}/debug/faults",
-                        json={"wall_clock_offset_ms": offset_ms},
-                        headers={"Authorization": f"Bearer {token}"},
-                    ) as response:
-                        assert response.status == 200, await response.text()
-                        assert (await response.json())["wall_clock_offset_ms"] == offset_ms
-
-                async def make(o: MasterOptions, path: str, what: str = "mkdir") -> int:
-                    """The mtime of a new directory (or file: ``create``), in seconds."""
-                    url = f"http://{o.http_address}/v1/fs/{what}"
-                    async with session.post(url, json={"path": path}) as response:
-                        assert response.status == 200, await response.text()
-                        mtime: int = (await response.json())["mtime"]
-                        return mtime // 10**9
-
-                def near(seconds: float, offset_ms: int) -> bool:
-                    return abs(seconds - (time.time() + offset_ms / 1000)) < 60
-
-                await until(settled, "the masters to agree on a leader", timeout=20)
-                agreement = await agreed()
-                assert agreement is not None
-                leader_id, term = agreement
-                leader = by_id[leader_id]
-                ahead, behind = leader_id, next(i for i in by_id if i != leader_id)
-                other = next(i for i in by_id if i not in (ahead, behind))
-                await jump(by_id[ahead], HOUR_MS)
-                await jump(by_id[behind], -HOUR_MS)
-
-                # Through the follower that was not touched: forwarded, stamped by the leader.
-                assert near(await make(by_id[other], "/ahead", "create"), HOUR_MS)
-                held_until = time.monotonic() + 6 * options[0].election_tick * tick
-                count = 0
-                while time.monotonic() < held_until:  # three election timeouts at least
-                    await make(leader, f"/commit-{count}")
-                    count += 1
-                    await asyncio.sleep(tick)
-                for o in options:
-                    now = await status(o)
-                    assert (now["leader_id"], now["term"]) == (leader_id, term), now
-                assert (await status(leader))["role"] == "LEADER"
-                assert count > 5
-
-                token = (leader.mdir / "admin.token").read_text().strip()
-                async with session.post(
-                    f"http://{leader.http_address}/cluster/transfer-leader",
-                    json={"to": behind},
+            async def jump(o: MasterOptions, offset_ms: int) -> None:
+                token = (o.mdir / "admin.token").read_text().strip()
+                async with session.put(
+                    f"http://{o.http_address}/debug/faults",
+                    json={"wall_clock_offset_ms": offset_ms},
                     headers={"Authorization": f"Bearer {token}"},
                 ) as response:
                     assert response.status == 200, await response.text()
-                assert near(await make(by_id[other], "/behind", "create"), -HOUR_MS)
+                    assert (await response.json())["wall_clock_offset_ms"] == offset_ms
 
-                def stamps(i: int, event: str) -> list[float]:
-                    lines = lease_log_lines(by_id[i].mdir)
-                    return [wall for wall, rest in lines if f" event={event} " in f"{rest} "]
+            async def make(o: MasterOptions, path: str, what: str = "mkdir") -> int:
+                """The mtime of a new directory (or file: ``create``), in seconds."""
+                url = f"http://{o.http_address}/v1/fs/{what}"
+                async with session.post(url, json={"path": path}) as response:
+                    assert response.status == 200, await response.text()
+                    mtime: int = (await response.json())["mtime"]
+                    return mtime // 10**9
 
-                async def new_lease_logged() -> bool:
-                    return any(near(wall, -HOUR_MS) for wall in stamps(behind, "lease-acquired"))
+            def near(seconds: float, offset_ms: int) -> bool:
+                return abs(seconds - (time.time() + offset_ms / 1000)) < 60
 
-                await until(new_lease_logged, "the new leader to log its lease, an hour back")
-                assert near(stamps(ahead, "step-down")[-1], HOUR_MS)
-                assert near(stamps(ahead, "started")[0], 0)  # before the jump
-                watcher = lease_log_lines(by_id[other].mdir)
-                assert all(near(wall, 0) for wall, _ in watcher)
-                assert any(f"term={term + 1}" in rest for _, rest in watcher)
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks)
+            await until(settled, "the masters to agree on a leader", timeout=20)
+            agreement = await agreed()
+            assert agreement is not None
+            leader_id, term = agreement
+            leader = by_id[leader_id]
+            ahead, behind = leader_id, next(i for i in by_id if i != leader_id)
+            other = next(i for i in by_id if i not in (ahead, behind))
+            await jump(by_id[ahead], HOUR_MS)
+            await jump(by_id[behind], -HOUR_MS)
+
+            # Through the follower that was not touched: forwarded, stamped by the leader.
+            assert near(await make(by_id[other], "/ahead", "create"), HOUR_MS)
+            held_until = time.monotonic() + 6 * options[0].election_tick * tick
+            count = 0
+            while time.monotonic() < held_until:  # three election timeouts at least
+                await make(leader, f"/commit-{count}")
+                count += 1
+                await asyncio.sleep(tick)
+            for o in options:
+                now = await status(o)
+                assert (now["leader_id"], now["term"]) == (leader_id, term), now
+            assert (await status(leader))["role"] == "LEADER"
+            assert count > 5
+
+            token = (leader.mdir / "admin.token").read_text().strip()
+            async with session.post(
+                f"http://{leader.http_address}/cluster/transfer-leader",
+                json={"to": behind},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response:
+                assert response.status == 200, await response.text()
+            assert near(await make(by_id[other], "/behind", "create"), -HOUR_MS)
+
+            def stamps(i: int, event: str) -> list[float]:
+                lines = lease_log_lines(by_id[i].mdir)
+                return [wall for wall, rest in lines if f" event={event} " in f"{rest} "]
+
+            async def new_lease_logged() -> bool:
+                return any(near(wall, -HOUR_MS) for wall in stamps(behind, "lease-acquired"))
+
+            await until(new_lease_logged, "the new leader to log its lease, an hour back")
+            assert near(stamps(ahead, "step-down")[-1], HOUR_MS)
+            assert near(stamps(ahead, "started")[0], 0)  # before the jump
+            watcher = lease_log_lines(by_id[other].mdir)
+            assert all(near(wall, 0) for wall, _ in watcher)
+            assert any(f"term={term + 1}" in rest for _, rest in watcher)
 
     asyncio.run(asyncio.wait_for(test(), timeout=60))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -122,6 +123,36 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout: fl
         await asyncio.sleep(0.01)
 
 
+class RunningMasters:
+    """Masters run by ``run_master`` on the test's own event loop (see ``running``)."""
+
+    def __init__(self, options: Sequence[MasterOptions]) -> None:
+        self.stop = asyncio.Event()
+        self.announced: list[str] = []
+        self.tasks = [
+            asyncio.create_task(run_master(o, started=self.announced.append, stop=self.stop))
+            for o in options
+        ]
+
+    def started(self) -> bool:
+        """Whether every master serves; raises what a master that exited raised."""
+        for task in self.tasks:
+            if task.done():
+                task.result()
+        return len(self.announced) == len(self.tasks)
+
+
+@asynccontextmanager
+async def running(*options: MasterOptions) -> AsyncIterator[RunningMasters]:
+    """Run these masters for the block, then stop them and wait for them to finish."""
+    masters = RunningMasters(options)
+    try:
+        yield masters
+    finally:
+        masters.stop.set()
+        await asyncio.gather(*masters.tasks)
+
+
 def test_a_running_master_serves_its_raft_metrics(tmp_path: Path) -> None:
     secret = SECRET.decode()
     options = MasterOptions(
@@ -134,63 +165,54 @@ def test_a_running_master_serves_its_raft_metrics(tmp_path: Path) -> None:
     )
 
     async def test() -> None:
-        stop = asyncio.Event()
-        started: list[str] = []
-        task = asyncio.create_task(run_master(options, started=started.append, stop=stop))
         base = f"http://{options.http_address}"
-        try:
-            async with aiohttp.ClientSession() as session:
+        async with running(options) as masters, aiohttp.ClientSession() as session:
 
-                async def scrape_master() -> Samples:
-                    async with session.get(f"{base}/metrics") as response:
-                        assert response.status == 200
-                        return parse(await response.text())
+            async def scrape_master() -> Samples:
+                async with session.get(f"{base}/metrics") as response:
+                    assert response.status == 200
+                    return parse(await response.text())
 
-                async def leading() -> bool:
-                    if task.done():
-                        task.result()
-                    if not started:
-                        return False
-                    samples = await scrape_master()
-                    return (
-                        value(samples, "quorumfs_raft_role", role="LEADER") == 1
-                        and value(samples, "quorumfs_raft_lease_remaining_seconds") > 0
-                    )
-
-                await until(leading, "the master to lead, with a lease")
-                before = await scrape_master()
-                assert value(before, "quorumfs_raft_term") >= 1
-                assert value(before, "quorumfs_raft_leader_id") == 1
-                assert value(before, "quorumfs_raft_leader_changes_total") == 1
-                assert value(before, "quorumfs_raft_voters") == 1
-                assert value(before, "quorumfs_raft_lease_remaining_seconds") <= 8 * 0.01 + 0.01
-
-                async with session.post(f"{base}/v1/fs/mkdir", json={"path": "/d"}) as response:
-                    assert response.status == 200, await response.text()
-                after = await scrape_master()
-                proposals = ("quorumfs_raft_proposals_total", (("outcome", "committed"),))
-                assert after[proposals] == before[proposals] + 1
-                count = "quorumfs_raft_commit_latency_seconds_count"
-                assert value(after, count) == value(before, count) + 1
-                syncs = "quorumfs_raft_fsync_seconds_count"
-                assert value(after, syncs) > value(before, syncs)
-                assert value(after, "quorumfs_raft_commit_index") > value(
-                    before, "quorumfs_raft_commit_index"
-                )
-                assert value(after, "quorumfs_raft_apply_lag") == 0
-
-                beat = heartbeat_body(0, 8080)
-                headers = {"Authorization": f"Bearer {volume_token(SECRET)}"}
-                async with session.post(
-                    f"{base}/v1/volumes/heartbeat", json=beat, headers=headers
-                ) as response:
-                    assert response.status == 200, await response.text()
+            async def leading() -> bool:
+                if not masters.started():
+                    return False
                 samples = await scrape_master()
-                assert value(samples, "quorumfs_master_volume_servers", state="registered") == 1
-                age = value(samples, "quorumfs_master_volume_heartbeat_age_seconds", volume_id="1")
-                assert 0 <= age < 5
-        finally:
-            stop.set()
-            await task
+                return (
+                    value(samples, "quorumfs_raft_role", role="LEADER") == 1
+                    and value(samples, "quorumfs_raft_lease_remaining_seconds") > 0
+                )
+
+            await until(leading, "the master to lead, with a lease")
+            before = await scrape_master()
+            assert value(before, "quorumfs_raft_term") >= 1
+            assert value(before, "quorumfs_raft_leader_id") == 1
+            assert value(before, "quorumfs_raft_leader_changes_total") == 1
+            assert value(before, "quorumfs_raft_voters") == 1
+            assert value(before, "quorumfs_raft_lease_remaining_seconds") <= 8 * 0.01 + 0.01
+
+            async with session.post(f"{base}/v1/fs/mkdir", json={"path": "/d"}) as response:
+                assert response.status == 200, await response.text()
+            after = await scrape_master()
+            proposals = ("quorumfs_raft_proposals_total", (("outcome", "committed"),))
+            assert after[proposals] == before[proposals] + 1
+            count = "quorumfs_raft_commit_latency_seconds_count"
+            assert value(after, count) == value(before, count) + 1
+            syncs = "quorumfs_raft_fsync_seconds_count"
+            assert value(after, syncs) > value(before, syncs)
+            assert value(after, "quorumfs_raft_commit_index") > value(
+                before, "quorumfs_raft_commit_index"
+            )
+            assert value(after, "quorumfs_raft_apply_lag") == 0
+
+            beat = heartbeat_body(0, 8080)
+            headers = {"Authorization": f"Bearer {volume_token(SECRET)}"}
+            async with session.post(
+                f"{base}/v1/volumes/heartbeat", json=beat, headers=headers
+            ) as response:
+                assert response.status == 200, await response.text()
+            samples = await scrape_master()
+            assert value(samples, "quorumfs_master_volume_servers", state="registered") == 1
+            age = value(samples, "quorumfs_master_volume_heartbeat_age_seconds", volume_id="1")
+            assert 0 <= age < 5
 
     asyncio.run(asyncio.wait_for(test(), timeout=30))
