@@ -34,6 +34,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -41,68 +42,62 @@ from procs import DataCluster
 
 from quorumfs.client import AsyncMasterClient, FileChanged, NotFound
 from quorumfs.master.commands import Chunk
-from quorumfs.wire import CommitRequest
+from quorumfs.wire import CommitRequest, FileContent
+
+
+def _with_client(tmp_path: Path, scenario: Callable[[AsyncMasterClient], Awaitable[None]]) -> None:
+    """Run ``scenario`` with a client of a fresh ``DataCluster``."""
+    cluster = DataCluster(tmp_path)
+    try:
+        cluster.start()
+
+        async def run() -> None:
+            async with AsyncMasterClient(cluster.master_list()) as client:
+                await scenario(client)
+
+        asyncio.run(run())
+    finally:
+        cluster.stop()
+
+
+async def _commit_again_is_stale(client: AsyncMasterClient, first: FileContent) -> None:
+    """Send what a client's retry of the commit that made ``first`` sends: it must be
+    refused as stale (ESTALE: applied before), never applied a second time."""
+    replay = CommitRequest(
+        path="/f",
+        chunks=[
+            Chunk(c.chunk_id, c.offset, c.size, c.checksum, tuple(c.volume_ids))
+            for c in first.chunks
+        ],
+        size=first.size,
+        create=True,
+    )
+    with pytest.raises(FileChanged) as refused:
+        await client.commit(replay)
+    assert refused.value.code == "ESTALE"
 
 
 def test_a_released_chunk_cannot_be_committed_again(tmp_path: Path) -> None:
-    cluster = DataCluster(tmp_path)
-    try:
-        cluster.start()
+    async def scenario(client: AsyncMasterClient) -> None:
+        await client.put("/f", b"first" * 100)
+        first = await client.file_content("/f")
+        await client.put("/f", b"second" * 100)  # releases the first put's chunk
+        # Refused: /f must never point at released chunks.
+        await _commit_again_is_stale(client, first)
+        assert await client.read("/f") == b"second" * 100
 
-        async def scenario() -> None:
-            async with AsyncMasterClient(cluster.master_list()) as client:
-                await client.put("/f", b"first" * 100)
-                first = await client.file_content("/f")
-                await client.put("/f", b"second" * 100)  # releases the first put's chunk
-                replay = CommitRequest(
-                    path="/f",
-                    chunks=[
-                        Chunk(c.chunk_id, c.offset, c.size, c.checksum, tuple(c.volume_ids))
-                        for c in first.chunks
-                    ],
-                    size=first.size,
-                    create=True,
-                )
-                # What the client's retry of the first commit sends. It must be refused
-                # (or settled as already applied), never make /f point at released chunks.
-                with pytest.raises(FileChanged) as refused:
-                    await client.commit(replay)
-                assert refused.value.code == "ESTALE"
-                assert await client.read("/f") == b"second" * 100
-
-        asyncio.run(scenario())
-    finally:
-        cluster.stop()
+    _with_client(tmp_path, scenario)
 
 
 def test_a_commit_whose_file_was_renamed_since_is_stale(tmp_path: Path) -> None:
-    cluster = DataCluster(tmp_path)
-    try:
-        cluster.start()
+    async def scenario(client: AsyncMasterClient) -> None:
+        await client.put("/f", b"first" * 100)
+        first = await client.file_content("/f")
+        await client.mv("/f", "/g")  # the applied put's file moves away
+        # Refused: two files must never share the chunks.
+        await _commit_again_is_stale(client, first)
+        assert await client.read("/g") == b"first" * 100
+        with pytest.raises(NotFound):
+            await client.stat("/f")
 
-        async def scenario() -> None:
-            async with AsyncMasterClient(cluster.master_list()) as client:
-                await client.put("/f", b"first" * 100)
-                first = await client.file_content("/f")
-                await client.mv("/f", "/g")  # the applied put's file moves away
-                replay = CommitRequest(
-                    path="/f",
-                    chunks=[
-                        Chunk(c.chunk_id, c.offset, c.size, c.checksum, tuple(c.volume_ids))
-                        for c in first.chunks
-                    ],
-                    size=first.size,
-                    create=True,
-                )
-                # The retried commit must be told its first attempt was applied (ESTALE),
-                # and must not make two files share the chunks.
-                with pytest.raises(FileChanged) as refused:
-                    await client.commit(replay)
-                assert refused.value.code == "ESTALE"
-                assert await client.read("/g") == b"first" * 100
-                with pytest.raises(NotFound):
-                    await client.stat("/f")
-
-        asyncio.run(scenario())
-    finally:
-        cluster.stop()
+    _with_client(tmp_path, scenario)
