@@ -261,8 +261,8 @@ class Nemesis:
         self.network = network
         self.rng = rng
         self.paused: list[Master] = []
-        self.slowed: set[Master] = set()
-        self.skewed: set[Master] = set()
+        self.injected: set[Master] = set()
+        """Masters with a /debug/faults setting that may still be on."""
         self.clock_anomalies: list[str] = []
         """Leadership lost while wall clocks jumped (leases must not care)."""
         self.faults: list[Fault] = []
@@ -308,11 +308,9 @@ class Nemesis:
         if kind == "slow-fsync":
             master = self.rng.choice([leader, leader, *followers])  # the leader half the time
             delay = self.rng.randint(*FSYNC_DELAY_MS)
-            await asyncio.to_thread(self.set_fsync_delay, master, delay)
-            self.slowed.add(master)
+            await asyncio.to_thread(self.set_faults, master, fsync_delay_ms=delay)
             await asyncio.sleep(hold)
-            await asyncio.to_thread(self.set_fsync_delay, master, 0)
-            self.slowed.discard(master)
+            await asyncio.to_thread(self.clear_faults, master)
             role = "leader" if master is leader else "follower"
             return f"fsync of {role} {master.address} {delay} ms slower for {hold:.1f} s"
         if kind == "clock-jump":
@@ -391,11 +389,9 @@ class Nemesis:
         term = int(leader.status()["term"])
         for master, offset in jumps.items():
             await asyncio.to_thread(self.set_faults, master, wall_clock_offset_ms=offset)
-            self.skewed.add(master)
         await asyncio.sleep(hold)
         for master in jumps:
-            await asyncio.to_thread(self.set_faults, master, wall_clock_offset_ms=0)
-            self.skewed.discard(master)
+            await asyncio.to_thread(self.clear_faults, master)
         after = await asyncio.to_thread(leader.status)
         if after["role"] != "LEADER" or int(after["term"]) != term:
             self.clock_anomalies.append(
@@ -406,11 +402,13 @@ class Nemesis:
         return f"wall clocks jumped ({shown}; the leader first) for {hold:.1f} s"
 
     def set_faults(self, master: Master, **faults: int) -> None:
+        self.injected.add(master)
         headers = {"Authorization": f"Bearer {master.admin_token()}"}
         http("PUT", master.address, "/debug/faults", faults, timeout=10, headers=headers)
 
-    def set_fsync_delay(self, master: Master, delay_ms: int) -> None:
-        self.set_faults(master, fsync_delay_ms=delay_ms)
+    def clear_faults(self, master: Master) -> None:
+        self.set_faults(master, fsync_delay_ms=0, wall_clock_offset_ms=0)
+        self.injected.discard(master)
 
     def _replace(self, leader: Master, follower: Master) -> str:
         """Remove a follower from the group, wipe it, and let it join again as a new member
@@ -442,18 +440,13 @@ class Nemesis:
                 master.process.send_signal(signal.SIGCONT)
 
     def heal(self) -> None:
-        """Every process running again, no cut, no slow disk (idempotent; used in
+        """Every process running again, no cut, no injected fault (idempotent; used in
         ``finally`` too)."""
         self.resume_all()
         self.network.heal()
-        for master in list(self.slowed):
+        for master in list(self.injected):
             with contextlib.suppress(OSError, HttpError):
-                self.set_fsync_delay(master, 0)
-            self.slowed.discard(master)
-        for master in list(self.skewed):
-            with contextlib.suppress(OSError, HttpError):
-                self.set_faults(master, wall_clock_offset_ms=0)
-            self.skewed.discard(master)
+                self.clear_faults(master)
         for master in self.cluster.masters:
             if not master.alive:
                 master.start()
