@@ -27,10 +27,22 @@ SECRET = "integration-test-secret-0123456789"
 TICK_MS = 20  # fast elections keep the suite quick; the defaults are 50 ms
 
 
+def _first_ephemeral_port() -> int:
+    """The lowest port the kernel hands out as a connection's source port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_pair(run: int = 1, ips: Sequence[str] = ("127.0.0.1",)) -> int:
-    """An HTTP port p with p .. p + run - 1 and each + 10000 free on every one of ``ips``."""
+    """An HTTP port p with p .. p + run - 1 and each + 10000 free on every one of ``ips``.
+
+    Both stay below the ephemeral range: a master restarted on its ports would otherwise
+    find one taken, now and then, as the source port of some other test's connection."""
+    highest = _first_ephemeral_port() - 10000 - run
     for _ in range(200):
-        port = random.randint(20000, 45000)
+        port = random.randint(10000, highest)
         if all(
             _free(p, ip) and _free(p + 10000, ip) for p in range(port, port + run) for ip in ips
         ):
